@@ -1,0 +1,1 @@
+"""components: plain PyTorch building blocks that configs point at. Never imports `runner`."""

@@ -1,0 +1,16 @@
+"""Entry point: `python -m runner [overrides]` composes conf/ with Hydra and trains what it names."""
+
+import hydra
+from omegaconf import DictConfig
+
+import runner  # noqa: F401  (registers the config resolvers)
+from runner.train import train
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

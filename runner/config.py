@@ -1,0 +1,171 @@
+"""Checks on the composed config that need no torch: types, ranges and choices, all reported at once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from runner.errors import ConfigError
+from runner.resolvers import GOALS
+
+PRECISIONS = ("32", "bf16", "16")
+RESUME_MODES = ("auto", "never")
+LOSS_INPUTS = ("logits", "log_probs", "probs")
+LOSS_TARGETS = ("index", "one_hot")
+SCHEDULER_INTERVALS = ("epoch", "step")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+
+
+@dataclass
+class StopConfig:
+    objective_threshold: Optional[float] = None
+    time_budget_s: Optional[float] = None
+
+
+@dataclass
+class TrainerConfig:
+    """The schema of `trainer`: conf/trainer/default.yaml documents each field."""
+
+    max_epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    device: str = "auto"
+    precision: str = "32"
+    gradient_clip_val: Optional[float] = None
+    seed: int = 0
+    deterministic: bool = False
+    eval_every_n_epochs: int = 1
+    checkpoint_every_n_epochs: int = 1
+    log_every_n_steps: int = 50
+    histograms_every_n_epochs: int = 5
+    predictions_every_n_epochs: int = 5
+    num_prediction_samples: int = 16
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    limit_train_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+    resume: str = "auto"
+    data_on_device: str = "auto"
+    num_workers: int = 0
+    pin_memory: str = "auto"
+    persistent_workers: bool = True
+    compile: bool = False
+    channels_last: str = "auto"
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = "val/acc"
+    goal: str = "maximize"
+
+
+@dataclass
+class DatasetShape:
+    channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+
+
+def typed_trainer(cfg: DictConfig) -> TrainerConfig:
+    """`cfg.trainer` checked against its schema and returned as a typed object."""
+    return OmegaConf.to_object(_merge_schema(TrainerConfig, cfg.trainer, "trainer"))
+
+
+def _merge_schema(schema: type, node: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as error:
+        key = f"{where}.{error.full_key}" if getattr(error, "full_key", None) else where
+        raise ConfigError(f"{key}: {error.msg.splitlines()[0]}") from None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise one ConfigError that lists every mistake found, before anything is built or loaded."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        # a resolver's own ConfigError (a bad objective.goal, say) says it best
+        cause = error.__cause__ if isinstance(error.__cause__, ConfigError) else None
+        raise ConfigError(str(cause) if cause else f"the config cannot be resolved: {error}") from None
+
+    problems: list[str] = []
+    for schema, key in ((TrainerConfig, "trainer"), (ObjectiveConfig, "objective"), (DatasetShape, "dataset")):
+        try:
+            node = cfg[key]
+            if key == "dataset":
+                node = {k: node[k] for k in ("channels", "image_size", "num_classes") if k in node}
+            _merge_schema(schema, node, key)
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError(_bullets(problems))
+
+    trainer, objective = cfg.trainer, cfg.objective
+    at_least_one = ["max_epochs", "batch_size", "eval_batch_size", "eval_every_n_epochs",
+                    "checkpoint_every_n_epochs", "log_every_n_steps", "histograms_every_n_epochs",
+                    "predictions_every_n_epochs"]
+    for name in at_least_one:
+        if trainer[name] < 1:
+            problems.append(f"trainer.{name}={trainer[name]} must be >= 1")
+    for name in ("limit_train_batches", "limit_val_batches"):
+        if trainer[name] is not None and trainer[name] < 1:
+            problems.append(f"trainer.{name}={trainer[name]} must be >= 1 or null")
+    if trainer.num_workers < 0:
+        problems.append(f"trainer.num_workers={trainer.num_workers} must be >= 0")
+    _choice(problems, "trainer.precision", str(trainer.precision), PRECISIONS)
+    _choice(problems, "trainer.resume", trainer.resume, RESUME_MODES)
+    for name in ("data_on_device", "pin_memory", "channels_last"):
+        _choice(problems, f"trainer.{name}", str(trainer[name]).lower(), ("auto", "true", "false"))
+    if not DEVICE_PATTERN.match(str(trainer.device)):
+        problems.append(f"trainer.device={trainer.device!r} is not allowed; use auto, cpu, mps, cuda or cuda:N")
+    if trainer.gradient_clip_val is not None and trainer.gradient_clip_val <= 0:
+        problems.append(f"trainer.gradient_clip_val={trainer.gradient_clip_val} must be > 0 or null")
+    patience = trainer.early_stopping.patience
+    if patience is not None and patience < 1:
+        problems.append(f"trainer.early_stopping.patience={patience} must be >= 1 or null")
+    budget = trainer.stop.time_budget_s
+    if budget is not None and budget <= 0:
+        problems.append(f"trainer.stop.time_budget_s={budget} must be > 0 or null")
+
+    _choice(problems, "objective.goal", objective.goal, GOALS)
+    for name in ("channels", "image_size", "num_classes"):
+        if cfg.dataset[name] < 1:
+            problems.append(f"dataset.{name}={cfg.dataset[name]} must be >= 1")
+
+    lr = cfg.optimizer.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+        problems.append(f"optimizer.lr={lr!r} must be a number > 0")
+
+    if "criterion" not in cfg.loss or "_target_" not in (cfg.loss.criterion or {}):
+        problems.append("loss.criterion must name a loss with _target_ (see conf/loss/)")
+    _choice(problems, "loss.input", cfg.loss.get("input"), LOSS_INPUTS)
+    _choice(problems, "loss.target", cfg.loss.get("target"), LOSS_TARGETS)
+
+    if cfg.scheduler:
+        if "fn" not in cfg.scheduler or "_target_" not in (cfg.scheduler.fn or {}):
+            problems.append("scheduler.fn must name a scheduler with _target_ (see conf/scheduler/)")
+        _choice(problems, "scheduler.interval", cfg.scheduler.get("interval"), SCHEDULER_INTERVALS)
+
+    if problems:
+        raise ConfigError(_bullets(problems))
+
+
+def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"{key}={value!r} is not allowed; use one of: {', '.join(allowed)}")
+
+
+def _bullets(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"Invalid config: {problems[0]}"
+    return "Invalid config:\n" + "\n".join(f"  - {p}" for p in problems)

@@ -1,0 +1,50 @@
+"""The objective: one metric and its goal, and the best value a run has reached."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class Objective:
+    def __init__(self, metric: str, goal: str):
+        self.metric, self.goal = metric, goal
+        self.maximize = goal == "maximize"
+        self.value: float | None = None  # best so far
+        self.epoch: int | None = None
+        self.metrics: dict[str, Any] = {}
+        self.last: float | None = None
+        self._reference: float | None = None  # best value that counted as an improvement for early stopping
+
+    @property
+    def worst(self) -> float:
+        return -math.inf if self.maximize else math.inf
+
+    def better(self, a: float, b: float | None, margin: float = 0.0) -> bool:
+        if a is None or math.isnan(a):
+            return False
+        if b is None:
+            return True
+        return a > b + margin if self.maximize else a < b - margin
+
+    def reached(self, value: float, threshold: float) -> bool:
+        return value >= threshold if self.maximize else value <= threshold
+
+    def update(self, value: float, epoch: int, row: dict[str, Any], min_delta: float = 0.0) -> tuple[bool, bool]:
+        """Record an evaluation; returns (is the new best, improved by more than min_delta)."""
+        self.last = value
+        is_best = self.better(value, self.value)
+        if is_best:
+            self.value, self.epoch, self.metrics = value, epoch, dict(row)
+        improved = self.better(value, self._reference, min_delta)
+        if improved:
+            self._reference = value
+        return is_best, improved
+
+    def state(self) -> dict[str, Any]:
+        return {"value": self.value, "epoch": self.epoch, "metrics": self.metrics, "last": self.last,
+                "reference": self._reference}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.value, self.epoch, self.metrics = state["value"], state["epoch"], state["metrics"]
+        self.last, self._reference = state["last"], state["reference"]

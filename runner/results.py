@@ -1,0 +1,84 @@
+"""A run's record on disk: result.json and metrics.csv, written atomically, read back by sweeps."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.csv"
+FINAL_STATUSES = ("completed", "pruned")
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity: store them as null rather than write invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path | str, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_result(run_dir: Path | str) -> dict | None:
+    """The run's result.json, or None when the run has not written one (or it is unreadable)."""
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_metrics(run_dir: Path | str, rows: Iterable[dict], columns: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    write_text_atomic(Path(run_dir) / METRICS_FILE, buffer.getvalue())
+
+
+def read_metrics(run_dir: Path | str) -> list[dict]:
+    """metrics.csv as a list of rows; numbers parsed, empty cells as None."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", newline="") as f:
+        return [{k: _parse_number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse_number(text: str) -> float | int | None:
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
