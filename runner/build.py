@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
@@ -137,7 +138,10 @@ def probe(model: torch.nn.Module, loss: LossAdapter, cfg: DictConfig) -> None:
                     f"{cfg.dataset.num_classes} classes: expected {expected}"
                 )
             try:
-                value = loss(out, torch.zeros(2, dtype=torch.long))
+                # a shape mismatch that would only broadcast with a warning is an error here
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", UserWarning)
+                    value = loss(out, torch.zeros(2, dtype=torch.long))
             except Exception as error:
                 raise ConfigError(
                     f"loss {cfg.loss.criterion._target_} (input={loss.input}, target={loss.target}) does not fit "

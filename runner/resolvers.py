@@ -10,7 +10,7 @@ def by_goal(goal: str, if_maximize, if_minimize):
     if goal not in GOALS:
         from runner.errors import ConfigError
 
-        raise ConfigError(f"objective.goal={goal!r} is not allowed; use one of {', '.join(GOALS)}")
+        raise ConfigError(f"objective.goal={goal!r} is not allowed; use one of: {', '.join(GOALS)}")
     return if_maximize if goal == "maximize" else if_minimize
 
 
