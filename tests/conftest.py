@@ -46,8 +46,8 @@ def run_cli(tmp_path):
     """Run `python -m runner ARGS` as a user would; outputs under tmp_path unless ARGS say otherwise."""
 
     def run(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs"), **(env or {})}
-        full_env.pop("HYDRA_FULL_ERROR", None)
+        inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        full_env = {**inherited, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs"), **(env or {})}
         return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
 
