@@ -3,7 +3,6 @@
 import hydra
 from omegaconf import DictConfig
 
-import runner  # noqa: F401  (registers the config resolvers)
 from runner.train import train
 
 

@@ -1,16 +1,20 @@
-"""Hydra callbacks: what happens around a sweep, outside its trials.
+"""Hydra callbacks: what happens around runs and sweeps, outside their jobs.
 
-Registered in conf/hydra/default.yaml under `hydra.callbacks`, so every multirun ends with its report.
+Registered in conf/hydra/default.yaml under `hydra.callbacks`: every run and sweep is checked
+before its first job, and every multirun ends with its report.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.report import format_table, report
+from runner.results import FAIL_FAST_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -22,3 +26,50 @@ class SweepReport(Callback):
         # the sweep folder's `${now:...}` resolves from the cache it was created with: the same folder
         sweep = report(config.hydra.sweep.dir)
         log.info("Sweep report written to %s\n%s", sweep.path, format_table(sweep))
+
+
+class Preflight(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        require_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        require_writable(sweep_dir, "hydra.sweep.dir")
+        # a rerun of a sweep that stopped on fail_fast starts afresh
+        (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)
+        optim = config.hydra.sweeper.get("optim")
+        if optim is not None:
+            check_nevergrad(optim, config.objective)
+
+
+def stop(message: str) -> None:
+    # Hydra turns a callback's exceptions into warnings and carries on; only an exit stops it
+    raise SystemExit(f"Error: {message}")
+
+
+def require_writable(folder: Path, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        stop(f"cannot write the output folder {folder} ({error.strerror or error}); set {key}=... "
+             f"or RUNNER_OUTPUT_DIR to a folder you can write")
+
+
+def check_nevergrad(optim: DictConfig, objective: DictConfig) -> None:
+    import nevergrad
+
+    registry = nevergrad.optimizers.registry
+    name = optim.optimizer
+    if name not in registry:
+        stop(f"hydra.sweeper.optim.optimizer={name!r} is not in Nevergrad's registry; "
+             f"try NGOpt, RandomSearch, BO, CMA, TwoPointsDE or OnePlusOne")
+    if optim.num_workers > 1 and getattr(registry[name], "no_parallelization", False):
+        stop(f"Nevergrad's {name} asks for one trial at a time, but hydra.sweeper.optim.num_workers="
+             f"{optim.num_workers}; set hydra.sweeper.optim.num_workers=1 or use an optimizer that "
+             f"runs trials in parallel, such as NGOpt")
+    if optim.budget < 1:
+        stop(f"hydra.sweeper.optim.budget={optim.budget} must be >= 1")
+    log.info("Nevergrad %s: %d trials, %d at a time, %s %s", name, optim.budget, optim.num_workers,
+             "maximizing" if optim.maximize else "minimizing", objective.metric)

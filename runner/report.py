@@ -14,7 +14,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import shlex
 import shutil
 import sys
@@ -28,7 +27,7 @@ import yaml
 from filelock import FileLock
 
 from runner.errors import RunnerError
-from runner.results import read_metrics, read_result, write_text_atomic
+from runner.results import read_metrics, read_result, write_bytes_atomic, write_text_atomic
 
 STATUSES = ("running", "completed", "pruned", "failed", "interrupted")
 GOALS = ("maximize", "minimize")
@@ -337,21 +336,6 @@ def _by_number(trial: Trial):
     return (trial.number is None, trial.number or 0, trial.name)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Binary twin of runner.results.write_text_atomic, for the PNG and the event files."""
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # as runner.results does: mkstemp's 0600 would hide the report from a team
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------- TensorBoard HParams
 
 # TensorBoard's session status has no "pruned" or "interrupted": a pruned trial ended as planned,
@@ -443,7 +427,7 @@ def _write_events(run_dir: Path, summaries: list) -> None:
     for summary in summaries:
         records.write(event_pb2.Event(wall_time=now, step=0, summary=summary).SerializeToString())
     # a new name per write: TensorBoard follows event files by name and read offset
-    _write_bytes_atomic(run_dir / f"events.out.tfevents.{time.time_ns()}.runner-report", buffer.getvalue())
+    write_bytes_atomic(run_dir / f"events.out.tfevents.{time.time_ns()}.runner-report", buffer.getvalue())
 
 
 # ---------------------------------------------------------------- draw
@@ -474,7 +458,7 @@ def draw_report_png(sweep: Sweep) -> None:
         ax.set_visible(False)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    _write_bytes_atomic(sweep.path / PLOT_FILE, buffer.getvalue())
+    write_bytes_atomic(sweep.path / PLOT_FILE, buffer.getvalue())
 
 
 def _mark_best(ax, x, y) -> None:

@@ -14,23 +14,29 @@ from typing import Any, Iterable
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
 FINAL_STATUSES = ("completed", "pruned")
+# in a sweep folder: present once a trial failed while fail_fast is on; later trials do not start
+FAIL_FAST_MARKER = ".fail_fast"
 
 
-def write_text_atomic(path: Path | str, text: str) -> None:
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _json_safe(value: Any) -> Any:

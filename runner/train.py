@@ -19,13 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import config as config_checks
 from runner.errors import RunnerError, TrialFailed
-from runner.results import FINAL_STATUSES, read_result, write_json_atomic
+from runner.results import FAIL_FAST_MARKER, FINAL_STATUSES, read_result, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 # what a fresh start moves aside (never deletes) when trainer.resume=never
 RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl")
-FAIL_FAST_MARKER = ".fail_fast"
 
 
 @dataclass
@@ -220,10 +219,12 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: Record) -> float
         except (KeyboardInterrupt, SystemExit):
             record.interrupted()
             raise
-        hparams = _hparams(cfg)
-        final = {k: v for k, v in outcome.progress.history[-1].items() if "/" in k} if outcome.progress.history else {}
-        for logger in loggers:
-            logger.log_hparams(hparams, final)
+        # a sweep's trials are compared in the report's one HParams table (runner.report), which
+        # per-trial tables would duplicate under `tensorboard --logdir SWEEP_DIR`
+        if context.sweep_dir is None and outcome.progress.history:
+            final = {k: v for k, v in outcome.progress.history[-1].items() if "/" in k}
+            for logger in loggers:
+                logger.log_hparams(_hparams(cfg), final)
     finally:
         for logger in loggers:
             logger.close()

@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from runner.callbacks import SweepReport
-from runner.report import load_sweep, report
+from runner.report import report
 from runner.results import read_result, write_json_atomic, write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
