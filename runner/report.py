@@ -27,10 +27,11 @@ import yaml
 from filelock import FileLock
 
 from runner.errors import RunnerError
+from runner.resolvers import GOALS
 from runner.results import read_metrics, read_result, write_bytes_atomic, write_text_atomic
 
 STATUSES = ("running", "completed", "pruned", "failed", "interrupted")
-GOALS = ("maximize", "minimize")
+
 SUMMARY_FILE = "summary.csv"
 HISTORY_FILE = "history.csv"
 BEST_FILE = "best.yaml"

@@ -1,0 +1,195 @@
+"""Sweeps through the real CLI: grids and Nevergrad toward the objective, failures that do not
+sink the sweep, resume after SIGKILL without retraining, and the report at the end."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner.results import read_result
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+QUICK = ["dataset=synthetic", "trainer.max_epochs=2", "logger=none", "trainer.batch_size=32"]
+
+
+def trials(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name.split("_")[0]))
+
+
+def summary(sweep_dir: Path) -> list[dict]:
+    with (sweep_dir / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_runs_every_combination_and_reports(run_cli, tmp_path):
+    sweep_dir = tmp_path / "grid"
+    done = run_cli("--multirun", "model=lenet,mlp", "optimizer=sgd,adam", *QUICK, f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    folders = trials(sweep_dir)
+    names = [set(p.name.split("_", 1)[1].split(",")) for p in folders]
+    expected = [("lenet", "sgd"), ("lenet", "adam"), ("mlp", "sgd"), ("mlp", "adam")]
+    assert [{f"model={m}", f"optimizer={o}"} <= name for name, (m, o) in zip(names, expected)] == [True] * 4
+    rows = summary(sweep_dir)
+    assert len(rows) == 4
+    for row in rows:
+        result = read_result(sweep_dir / row["name"])
+        assert row["status"] == result["status"] == "completed"
+        assert float(row["objective"]) == pytest.approx(result["objective"]["value"])
+    values = [float(r["objective"]) for r in rows]
+    assert values == sorted(values, reverse=True)
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    assert best["name"] == rows[0]["name"]
+    assert (sweep_dir / "history.csv").exists() and (sweep_dir / "report.png").exists()
+
+
+@pytest.mark.parametrize("objective,goal", [("default", "maximize"), ("val_loss", "minimize")])
+def test_nevergrad_sweep_follows_the_goal(run_cli, tmp_path, objective, goal):
+    sweep_dir = tmp_path / goal
+    done = run_cli("--multirun", "sweep=nevergrad", "hydra.sweeper.optim.budget=6",
+                   "hydra.sweeper.optim.num_workers=2", f"objective={objective}", *QUICK,
+                   f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    assert ("maximizing" if goal == "maximize" else "minimizing") in done.stderr + done.stdout
+    assert len(trials(sweep_dir)) == 6
+    optimization = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    values = [read_result(p)["objective"]["value"] for p in trials(sweep_dir)]
+    best = max(values) if goal == "maximize" else min(values)
+    assert optimization["best_evaluated_result"] == pytest.approx(best)
+    assert float(summary(sweep_dir)[0]["objective"]) == pytest.approx(best)
+
+
+def test_search_space_is_overridable_from_the_command_line(run_cli, tmp_path):
+    sweep_dir = tmp_path / "space"
+    done = run_cli("--multirun", "sweep=random", "hydra.sweeper.optim.budget=3", "model=mlp",
+                   "optimizer.lr=tag(log,interval(0.001,0.002))", *QUICK, f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    for folder in trials(sweep_dir):
+        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+        lr = float(next(o for o in overrides if o.startswith("optimizer.lr=")).split("=")[1])
+        assert 0.001 <= lr <= 0.002 and "model=mlp" in overrides
+
+
+def test_sequential_optimizer_with_several_workers_is_refused_before_any_trial(run_cli, tmp_path):
+    sweep_dir = tmp_path / "bayes"
+    done = run_cli("--multirun", "sweep=bayes", "hydra.sweeper.optim.num_workers=2", *QUICK,
+                   f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "hydra.sweeper.optim.num_workers=2" in done.stderr and "BO" in done.stderr
+    assert not trials(sweep_dir)
+
+
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(run_cli, tmp_path):
+    sweep_dir = tmp_path / "failing"
+    done = run_cli("--multirun", "optimizer=sgd", "optimizer.lr=0.01,1e12,0.02", "trainer.log_every_n_steps=1",
+                   *QUICK, f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    statuses = {row["name"].split("_")[0]: (row["status"], row["reason"]) for row in summary(sweep_dir)}
+    assert statuses["0"][0] == statuses["2"][0] == "completed"
+    assert statuses["1"][0] == "failed" and "loss became" in statuses["1"][1]
+
+
+def test_fail_fast_stops_the_sweep_at_the_first_failure(run_cli, tmp_path):
+    sweep_dir = tmp_path / "fail_fast"
+    done = run_cli("--multirun", "optimizer=sgd", "optimizer.lr=1e12,0.01,0.02", "trainer.log_every_n_steps=1",
+                   "fail_fast=true", *QUICK, f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode != 0
+    assert "loss became" in done.stderr
+    results = [read_result(p) for p in trials(sweep_dir)]
+    assert results[0]["status"] == "failed"
+    assert all(r["status"] == "failed" and "not started" in r["reason"] for r in results[1:])
+    assert all(r["epochs"] == 0 for r in results[1:])
+
+
+def test_two_sweeps_started_together_get_their_own_folders(tmp_path):
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    command = [sys.executable, "-m", "runner", "--multirun", "trainer.seed=1", *QUICK]
+    processes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
+    assert len(sweeps) == 2
+    assert all(len(trials(s)) == 1 for s in sweeps)
+
+
+def count_trainings(sweep_dir: Path) -> dict[str, int]:
+    """How many times each trial trained an epoch: from its log, which each attempt appends to."""
+    return {p.name.split("_")[0]: (p / "runner.log").read_text().count("epoch 1/")
+            + (p / "runner.log").read_text().count("resumed from") for p in trials(sweep_dir)}
+
+
+def kill_when(process: subprocess.Popen, condition, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, "the sweep ended before it could be killed"
+        assert time.monotonic() < deadline, "the sweep never reached the point to kill it"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_sweep_killed_with_sigkill_resumes_without_retraining_finished_trials(tmp_path):
+    sweep_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "runner", "--multirun", "optimizer.lr=0.001,0.002,0.003",
+               "dataset=synthetic", "dataset.num_train=1024", "trainer.max_epochs=4", "trainer.batch_size=16",
+               "trainer.deterministic=true", "logger=none", f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+
+    def second_trial_mid_way() -> bool:
+        folders = trials(sweep_dir) if sweep_dir.exists() else []
+        return len(folders) >= 2 and (folders[1] / "checkpoints" / "last.pt").exists()
+
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(process, second_trial_mid_way)
+    first = read_result(trials(sweep_dir)[0])
+    assert first["status"] == "completed"
+    assert read_result(trials(sweep_dir)[1])["status"] == "running"
+
+    half = subprocess.run([sys.executable, "-m", "runner.report", str(sweep_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert half.returncode == 0 and "running" in half.stdout
+
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    folders = trials(sweep_dir)
+    assert read_result(folders[0]) == first  # read back, not trained again
+    assert "already completed" in (folders[0] / "runner.log").read_text()
+    assert "resumed from" in (folders[1] / "runner.log").read_text()
+    assert count_trainings(sweep_dir) == {"0": 1, "1": 2, "2": 1}
+    assert [r["status"] for r in summary(sweep_dir)] == ["completed"] * 3
+
+
+def test_resumed_nevergrad_sweep_asks_the_same_points_and_finds_the_same_best(tmp_path):
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    base = [sys.executable, "-m", "runner", "--multirun", "sweep=nevergrad", "hydra.sweeper.optim.budget=6",
+            "hydra.sweeper.optim.num_workers=2", "hydra.sweeper.optim.seed=3", "dataset=synthetic",
+            "dataset.num_train=512", "trainer.max_epochs=3", "trainer.batch_size=16", "trainer.deterministic=true",
+            "logger=none"]
+    whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([*base, f"hydra.sweep.dir={whole_dir}"], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=600)
+
+    def third_trial_started() -> bool:
+        folders = trials(cut_dir) if cut_dir.exists() else []
+        return len(folders) >= 3 and (folders[2] / "checkpoints" / "last.pt").exists()
+
+    process = subprocess.Popen([*base, f"hydra.sweep.dir={cut_dir}"], cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(process, third_trial_started)
+    subprocess.run([*base, f"hydra.sweep.dir={cut_dir}"], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=600)
+    assert [p.name for p in trials(whole_dir)] == [p.name for p in trials(cut_dir)]
+    best_whole = yaml.safe_load((whole_dir / "best.yaml").read_text())
+    best_cut = yaml.safe_load((cut_dir / "best.yaml").read_text())
+    assert best_whole["name"] == best_cut["name"] and best_whole["objective"] == best_cut["objective"]
