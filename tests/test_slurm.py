@@ -1,0 +1,196 @@
+"""A real SLURM cluster (started by launchers/slurm/start.sh): plain submitit jobs, the USR2
+hand-over that requeues a preempted job, and the runner's sweeps on it: grid, Nevergrad,
+preemption resumed to the same metrics, and a sweep detached from the terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+from runner.results import read_metrics, read_result
+from tests.conftest import REPO, TINY
+from tests.slurm_cluster import job_name, job_states, slurm_cluster, wait_for_jobs  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+
+# A standalone script that submits a task with submitit as the launcher submits a trial. The
+# task loops (standing for optimizer steps) until USR2 comes, "saves" a file, then hands the
+# signal to submitit's handler, which requeues the job; the requeued run reads the file back.
+HAND_OVER_JOB = textwrap.dedent('''
+    import json, os, signal, subprocess, sys, time
+    from pathlib import Path
+    import submitit
+
+    class Task:
+        def __call__(self, folder):
+            folder = Path(folder)
+            saved = folder / "saved.txt"
+            if saved.exists():
+                return {"read": saved.read_text(), "restart_count": os.environ.get("SLURM_RESTART_COUNT")}
+            caught = []
+            previous = signal.signal(signal.SIGUSR2, lambda signum, frame: caught.append(signum))
+            (folder / "started").touch()
+            deadline = time.monotonic() + 100
+            while not caught and time.monotonic() < deadline:
+                time.sleep(0.05)
+            saved.write_text(f"saved by run {os.environ.get('SLURM_RESTART_COUNT', '0')}")
+            previous(signal.SIGUSR2, None)
+            return {"read": None, "restart_count": os.environ.get("SLURM_RESTART_COUNT")}
+
+        def checkpoint(self, *args, **kwargs):  # what hydra-submitit-launcher's checkpoint() does
+            return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    folder, how, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=2)
+    executor.update_parameters(name=name, slurm_partition="debug", cpus_per_task=1,
+                               **({"timeout_min": 1, "slurm_signal_delay_s": 50} if how == "time_limit"
+                                  else {"timeout_min": 60}))
+    job = executor.submit(Task(), str(folder))
+    while not (folder / "started").exists():
+        time.sleep(0.05)
+    if how == "preemption":  # a job of partition high needing the whole node preempts this one
+        subprocess.run(["sbatch", "-p", "high", "--exclusive", f"--job-name={name}", "-o", "/dev/null",
+                        "--wrap", "sleep 1"], check=True, capture_output=True)
+    print(job.job_id)
+    print(json.dumps(job.result()))
+''')
+
+
+def test_submitit_job_runs(job_name, tmp_path):
+    executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
+    executor.update_parameters(name=job_name, timeout_min=5, cpus_per_task=1)
+    job = executor.submit(sum, [1, 2, 3])
+    assert job.result() == 6
+    assert job_states(job.job_id) == ["COMPLETED"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["preemption", "time_limit"])
+def test_usr2_handed_to_submitit_requeues_the_job(job_name, tmp_path, how):
+    script = tmp_path / "hand_over.py"
+    script.write_text(HAND_OVER_JOB)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), how, job_name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr
+    job_id, result = done.stdout.split("\n")[:2]
+    result = json.loads(result)
+    # the second run read what the first one saved when the signal came
+    assert result == {"read": "saved by run 0", "restart_count": "1"}
+    assert job_states(job_id) == ["REQUEUED", "COMPLETED"]
+    log = "".join(p.read_text() for p in tmp_path.glob(f"{job_id}/*_log.*"))
+    assert f"this job is {'timed-out' if how == 'time_limit' else 'preempted'}" in log
+
+
+def test_slurm_launcher_runs_a_grid_sweep(job_name, run_cli, tmp_path):
+    started = time.monotonic()
+    done = run_cli("--multirun", "hydra/launcher=slurm", f"hydra.launcher.name={job_name}", *TINY,
+                   "optimizer.lr=0.1,0.01,0.001", timeout=120)
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    trials = trial_dirs(sweep)
+    assert [t.name.split("_")[0] for t in trials] == ["0", "1", "2"]
+    for trial, lr in zip(trials, ["0.1", "0.01", "0.001"]):
+        result = read_result(trial)
+        assert result["status"] == "completed" and f"optimizer.lr={lr}" in result["overrides"]
+        assert result["objective"]["value"] is not None
+    # one array job, its logs inside the sweep folder
+    (array_id,) = array_ids(sweep)
+    assert len(list((sweep / ".submitit").glob(f"{array_id}_*/{array_id}_*_log.out"))) == 3
+    print(f"3-trial grid sweep on SLURM: {seconds:.1f} s from submit to results")
+
+
+def test_slurm_launcher_runs_a_nevergrad_sweep(job_name, run_cli, tmp_path):
+    done = run_cli("--multirun", "hydra/launcher=slurm", f"hydra.launcher.name={job_name}", *TINY,
+                   "hydra/sweeper=nevergrad", "hydra.sweeper.optim.budget=4", "hydra.sweeper.optim.num_workers=2",
+                   "hydra.sweeper.optim.maximize=true", "optimizer.lr=tag(log,interval(0.0001,0.1))", timeout=180)
+    assert done.returncode == 0, done.stderr
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    trials = trial_dirs(sweep)
+    assert len(trials) == 4
+    assert all(read_result(t)["status"] == "completed" for t in trials)
+    # two batches of two: two array jobs
+    assert len(array_ids(sweep)) == 2
+
+
+@pytest.mark.timeout(300)
+def test_preempted_trial_resumes_to_the_same_metrics(job_name, tmp_path):
+    """Two identical trials (log_every_n_steps changes no number); one gets USR2 mid-training,
+    as SLURM sends it at preemption: it saves, is requeued, resumes, and ends where the other does."""
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "runner", "--multirun", "hydra/launcher=slurm", f"hydra.launcher.name={job_name}",
+         "dataset=synthetic", "dataset.num_train=2048", "trainer.batch_size=32", "trainer.max_epochs=3",
+         "trainer.deterministic=true", "logger=none", "trainer.log_every_n_steps=50,51"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        trial = wait_for(lambda: next((tmp_path / "outputs" / "sweeps").glob("*/1_*"), None), 120)
+        # after the first epoch, with two to go
+        wait_for(lambda: len(read_metrics(trial)) >= 1, 120)
+        (task_dir,) = trial.parent.glob(".submitit/*_1")
+        subprocess.run(["scancel", "--signal=USR2", task_dir.name], check=True)
+        output, _ = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, output
+    (reference,) = trial.parent.glob("0_*")
+    assert "checkpoint saved mid-epoch" in (trial / "runner.log").read_text()
+    assert job_states(task_dir.name) == ["REQUEUED", "COMPLETED"]
+    resumed, uninterrupted = read_result(trial), read_result(reference)
+    assert resumed["status"] == uninterrupted["status"] == "completed"
+    assert resumed["steps"] == uninterrupted["steps"]
+    assert numbers(resumed["final_metrics"]) == numbers(uninterrupted["final_metrics"])
+    assert [numbers(row) for row in read_metrics(trial)] == [numbers(row) for row in read_metrics(reference)]
+
+
+def test_detached_sweep_outlives_the_command(job_name, tmp_path):
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    done = subprocess.run(
+        [sys.executable, "-m", "launchers.detach", f"--job-name={job_name}", "--",
+         f"hydra.launcher.name={job_name}", *TINY, "optimizer.lr=0.1,0.01"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    printed = dict(line.split(":", 1) for line in done.stdout.splitlines() if line.startswith(("driver", "sweep")))
+    job_id, sweep, log = printed["driver job"].strip(), Path(printed["sweep dir"].strip()), printed["driver log"].strip()
+    assert sweep.parent == tmp_path / "outputs" / "sweeps"
+    # the command has returned; the driver job runs the sweep on its own
+    wait_for_jobs(job_name, timeout=120)
+    assert job_states(job_id) == ["COMPLETED"]
+    trials = trial_dirs(sweep)
+    assert len(trials) == 2 and all(read_result(t)["status"] == "completed" for t in trials)
+    assert "Submitit 'slurm' sweep output dir" in Path(log).read_text()
+
+
+def trial_dirs(sweep: Path) -> list[Path]:
+    return sorted(p.parent for p in sweep.glob("*/result.json"))
+
+
+def array_ids(sweep: Path) -> set[str]:
+    """The SLURM array jobs of a sweep, from submitit's folders <array id>_<task id>."""
+    return {p.name.split("_")[0] for p in (sweep / ".submitit").glob("*_*") if p.name.split("_")[0].isdigit()}
+
+
+def numbers(row: dict) -> dict:
+    """A metrics row without what measures speed rather than learning."""
+    return {k: v for k, v in row.items() if k not in ("time_s", "train/samples_per_s")}
+
+
+def wait_for(condition, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except (OSError, ValueError):  # a file caught halfway through its atomic replacement
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"not true after {timeout} s: {condition}")
