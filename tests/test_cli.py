@@ -148,3 +148,13 @@ def test_bring_your_own_dataset_and_model(run_cli, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads((only_run(tmp_path) / "result.json").read_text())
     assert result["status"] == "completed" and result["objective"]["value"] > 0.9
+
+
+def test_console_script_is_the_same_entry_point(tmp_path):
+    script = REPO / ".venv" / "bin" / "runner"
+    if not script.exists():
+        pytest.skip("the console script is installed by `pip install -e .` into .venv")
+    done = subprocess.run([str(script), "--cfg", "job", "model=mlp"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "components.models.MLP" in done.stdout
