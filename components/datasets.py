@@ -77,8 +77,17 @@ class ImageDataset:
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
-    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
+    """Per-channel mean and std (unbiased) of uint8 pixels scaled to [0, 1].
+
+    From a 256-bin histogram per channel: exact, and ten times faster than converting every
+    pixel to float64 (which took seconds and gigabytes for CIFAR-10).
+    """
+    counts = torch.stack([torch.bincount(channel.flatten(), minlength=256) for channel in images.unbind(1)]).double()
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    n = counts.sum(1, keepdim=True)
+    mean = (counts * values).sum(1, keepdim=True) / n
+    var = (counts * (values - mean).square()).sum(1, keepdim=True) / (n - 1)
+    return tuple(mean.flatten().tolist()), tuple(var.sqrt().flatten().tolist())
 
 
 def _cached(root: str | Path, key: str, decode: Callable[[], dict]) -> dict:
