@@ -162,13 +162,8 @@ def torchvision_images(
     augment: Callable | None = None,
 ) -> ImageDataset:
     """A torchvision dataset (MNIST, FashionMNIST, KMNIST, CIFAR10, ...): train split, test split as val."""
-    import torchvision.datasets
 
-    dataset_class = getattr(torchvision.datasets, name, None)
-    if dataset_class is None:
-        raise ValueError(f"torchvision.datasets has no dataset named {name!r}")
-
-    def load_split(train: bool) -> dict:
+    def load_split(dataset_class: type, train: bool) -> dict:
         try:
             dataset = dataset_class(root=root, train=train, download=download)
         except (RuntimeError, OSError) as error:
@@ -182,8 +177,14 @@ def torchvision_images(
         return {"images": images.contiguous(), "labels": torch.as_tensor(dataset.targets).long(), "classes": list(dataset.classes)}
 
     def decode() -> dict:
-        train, val = load_split(True), load_split(False)
-        return {"train": train, "val": val}
+        # torchvision loads only to decode: its import takes seconds (torchvision.ops pulls in
+        # torch._dynamo), and a cached dataset never needs it
+        import torchvision.datasets
+
+        dataset_class = getattr(torchvision.datasets, name, None)
+        if dataset_class is None:
+            raise ValueError(f"torchvision.datasets has no dataset named {name!r}")
+        return {"train": load_split(dataset_class, True), "val": load_split(dataset_class, False)}
 
     data = _cached(root, f"{name}-{_files_fingerprint(Path(root) / name)}", decode)
     train = TensorSplit(data["train"]["images"], data["train"]["labels"])
