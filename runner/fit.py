@@ -135,11 +135,15 @@ class Outcome:
 class Fit:
     """One run's training: built from the config, resumable from its own checkpoints."""
 
-    def __init__(self, cfg: DictConfig, trainer: TrainerConfig, run_dir: Path, pruner=None, on_epoch_end=None):
+    def __init__(self, cfg: DictConfig, trainer: TrainerConfig, run_dir: Path, pruner=None, on_epoch_end=None,
+                 on_interrupt=None):
         self.cfg, self.trainer, self.run_dir = cfg, trainer, run_dir
         self.checkpoints = run_dir / "checkpoints"
         self.pruner = pruner
         self.on_epoch_end = on_epoch_end  # called with (progress, objective) after each epoch's record
+        # called once the checkpoint of an interruption is saved, before the signal is handed on:
+        # on SLURM the job may be killed soon after the hand-over
+        self.on_interrupt = on_interrupt
         self.device = resolve_device(trainer.device)
         seed_everything(trainer.seed, trainer.deterministic)
 
@@ -361,6 +365,8 @@ class Fit:
         self.save("last.pt")
         log.warning("checkpoint saved mid-epoch %d at step %d: the run resumes from here",
                     progress.epoch + 1, progress.step)
+        if self.on_interrupt is not None:
+            self.on_interrupt()
         # a hand-over that returns (a signal submitit ignores) goes on with the same epoch
         progress.batch_in_epoch, progress.partial, progress.generator_state = 0, None, None
 

@@ -167,6 +167,7 @@ class Record:
     def progress(self, progress, objective) -> None:
         history = progress.history
         self.result.update(
+            status="running",  # also after an interruption that the run was allowed to ride out
             epochs=progress.epoch,
             steps=progress.step,
             final_metrics=dict(history[-1]) if history else {},
@@ -200,7 +201,8 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: Record) -> float
     if context.sweep_dir is not None and cfg.pruner:
         pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
                              metric=cfg.objective.metric, goal=cfg.objective.goal)
-    fit = Fit(cfg, trainer, context.run_dir, pruner=pruner, on_epoch_end=record.progress)
+    fit = Fit(cfg, trainer, context.run_dir, pruner=pruner, on_epoch_end=record.progress,
+              on_interrupt=record.interrupted)
     fit.git_commit = record.result["git_commit"]
     last = fit.checkpoints / "last.pt"
     if trainer.resume == "auto" and last.exists():
@@ -216,7 +218,7 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: Record) -> float
             logger.log_text("config", OmegaConf.to_yaml(cfg))
         try:
             outcome = fit.run(loggers)
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:  # a second Ctrl-C, which does not wait for a checkpoint
             record.interrupted()
             raise
         # a sweep's trials are compared in the report's one HParams table (runner.report), which
