@@ -63,7 +63,7 @@ def git_commit() -> str | None:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def train(cfg: DictConfig, context: RunContext | None = None) -> float:

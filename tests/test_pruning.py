@@ -356,3 +356,46 @@ def test_a_sweep_prunes_a_losing_trial_and_a_rerun_decides_nothing_again(run_cli
     again = run_cli(*args)  # the same sweep again: final trials are read back, nothing re-decided
     assert again.returncode == 0, again.stderr
     assert {p: p.read_text() for p in logs} == logs
+
+
+def sweep_results(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
+
+
+@pytest.mark.e2e
+def test_a_nevergrad_sweep_with_asha_prunes_and_reports(run_cli, tmp_path):
+    sweep_dir = tmp_path / "nevergrad"
+    done = run_cli("-m", "sweep=random", "hydra.sweeper.optim.budget=6", "hydra.sweeper.optim.num_workers=2",
+                   "hydra.sweeper.optim.seed=1", "optimizer.lr=tag(log,interval(0.0000001,0.01))", "model=mlp",
+                   "trainer.batch_size=32", "dataset=synthetic", "logger=none", "trainer.max_epochs=4",
+                   "pruner=asha", f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    results = sweep_results(sweep_dir)
+    assert len(results) == 6
+    pruned = {name: r for name, r in results.items() if r["status"] == "pruned"}
+    assert pruned, {name: r["status"] for name, r in results.items()}
+    for name, result in pruned.items():
+        decisions = read_jsonl(sweep_dir / name / TRIAL_LOG)
+        assert decisions[-1]["decision"] == "stop" and decisions[-1]["epoch"] == result["pruned_at_epoch"]
+        assert result["epochs"] == result["pruned_at_epoch"] < 4
+    summary = (sweep_dir / "summary.csv").read_text()
+    assert summary.count(",pruned,") == len(pruned)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_asha_under_the_parallel_launcher_shares_its_rungs(run_cli, tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    sweep_dir = tmp_path / "parallel"
+    done = run_cli("-m", "hydra/launcher=parallel", f"hydra.launcher.cpus_per_task={max(1, cores // 2)}",
+                   "optimizer.lr=0.01,0.003,0.0000001,0.00000001", "model=mlp", "dataset=synthetic", "logger=none",
+                   "trainer.max_epochs=3", "trainer.batch_size=32", "pruner=asha", f"hydra.sweep.dir={sweep_dir}",
+                   timeout=380)
+    assert done.returncode == 0, done.stderr
+    results = sweep_results(sweep_dir)
+    assert len(results) == 4 and {r["status"] for r in results.values()} <= {"completed", "pruned"}
+    # every decision at a rung is in the shared record once, whichever process made it
+    shared = read_jsonl(sweep_dir / SHARED_FILE)
+    decided = [(name, d["rung"]) for name in results for d in read_jsonl(sweep_dir / name / TRIAL_LOG)
+               if d["rung"] is not None]
+    assert sorted((line["trial"], line["rung"]) for line in shared) == sorted(decided)
