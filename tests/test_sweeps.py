@@ -111,7 +111,8 @@ def test_fail_fast_stops_the_sweep_at_the_first_failure(run_cli, tmp_path):
 
 
 def test_two_sweeps_started_together_get_their_own_folders(tmp_path):
-    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    # one thread each: two busy-waiting OpenMP pools on two cores slow each other down many times over
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "runner", "--multirun", "trainer.seed=1", *QUICK]
     processes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                  for _ in range(2)]
