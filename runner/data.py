@@ -49,11 +49,16 @@ class DeviceTensors:
         n = len(self)
         order = order.to(self.images.device) if order is not None else None
         for start in range(skip * batch_size, n, batch_size):
-            index = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-            images = torch.addcmul(self.shift, self.images[index].float(), self.scale)
+            if order is None:
+                images, labels = self.images[start : start + batch_size], self.labels[start : start + batch_size]
+            else:
+                # index_select copies whole rows: half the time of indexing with a tensor (uint8 images)
+                rows = order[start : start + batch_size]
+                images, labels = self.images.index_select(0, rows), self.labels.index_select(0, rows)
+            images = torch.addcmul(self.shift, images.float(), self.scale)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            yield images, self.labels[index]
+            yield images, labels
 
 
 @dataclass
