@@ -61,6 +61,20 @@ class DeviceTensors:
             yield images, labels
 
 
+class _IndexBatches:
+    """The batch sampler of a DataLoader that lives as long as the run: each pass sets its index
+    lists first, so persistent workers serve every epoch instead of being started anew."""
+
+    def __init__(self):
+        self.chunks: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
 @dataclass
 class LoaderBatches:
     """A map-style Dataset read by a DataLoader (workers, pinned memory), moved to the device per batch."""
@@ -71,20 +85,23 @@ class LoaderBatches:
     pin_memory: bool
     persistent_workers: bool
 
+    def __post_init__(self):
+        self._index_batches = _IndexBatches()
+        self._loader = DataLoader(
+            self.dataset,
+            batch_sampler=self._index_batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
     def __len__(self) -> int:
         return len(self.dataset)
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
         indices = order.tolist() if order is not None else list(range(len(self)))
-        chunks = [indices[i : i + batch_size] for i in range(skip * batch_size, len(indices), batch_size)]
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=chunks,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-        for images, labels in loader:
+        self._index_batches.chunks = [indices[i : i + batch_size] for i in range(skip * batch_size, len(indices), batch_size)]
+        for images, labels in self._loader:
             yield images.to(self.device, non_blocking=True), torch.as_tensor(labels).to(self.device, non_blocking=True)
 
 

@@ -218,3 +218,26 @@ def test_in_memory_data_can_stay_off_the_device_and_loaders_work_too(compose_cfg
     b = fit(compose_cfg, tmp_path / "b", TINY)
     assert a == b
     json.loads((tmp_path / "a" / "result.json").read_text())
+
+
+def synthetic_as_datasets(**settings):
+    """The synthetic images as plain map-style Datasets of normalised floats: the DataLoader path."""
+    from components.datasets import from_datasets, synthetic
+
+    data = synthetic(**settings)
+    mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+
+    def as_dataset(split):
+        return torch.utils.data.TensorDataset((split.images.float() / 255 - mean) / std, split.labels)
+
+    return from_datasets(as_dataset(data.train), as_dataset(data.val), data.channels, data.image_size, data.num_classes)
+
+
+def test_dataloader_path_with_persistent_workers_matches_the_in_memory_path(compose_cfg, tmp_path):
+    common = ["dataset=synthetic", "trainer.max_epochs=2", "logger=none", "trainer.deterministic=true"]
+    in_memory = fit(compose_cfg, tmp_path / "memory", common)
+    loaded = fit(compose_cfg, tmp_path / "loader", [*common, "dataset._target_=tests.test_training.synthetic_as_datasets",
+                                                     "trainer.num_workers=2", "trainer.persistent_workers=true"])
+    assert loaded == pytest.approx(in_memory)
+    memory_rows, loader_rows = read_metrics(tmp_path / "memory"), read_metrics(tmp_path / "loader")
+    assert [r["train/loss"] for r in loader_rows] == pytest.approx([r["train/loss"] for r in memory_rows], rel=1e-5)
