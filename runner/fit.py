@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -69,6 +71,27 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
     # cuDNN autotuning picks the fastest kernels, which need not be the same run to run
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def keep_cpu_buffers_mapped() -> None:
+    """Let glibc reuse freed activation buffers instead of handing them back to the OS every step.
+
+    glibc serves blocks over 128 KiB with a fresh mmap, and raises that limit only once such a
+    block is freed; while it is low it also trims the heap at every free. A CPU training step
+    allocates megabytes of activations and gradients, so until an evaluation's larger blocks raise
+    the limit, the buffers of every step can page-fault anew: depending on the order of
+    allocations, up to 450,000 faults in 500 MNIST steps here, which then took 70% longer. These
+    are the values glibc itself ends up with.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another C library
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 64 << 20)
 
 
 @dataclass
@@ -146,6 +169,8 @@ class Fit:
         self.on_interrupt = on_interrupt
         self.device = resolve_device(trainer.device)
         seed_everything(trainer.seed, trainer.deterministic)
+        if self.device.type == "cpu":
+            keep_cpu_buffers_mapped()
 
         check_targets(cfg)
         self.model = build(cfg.model, "model")
