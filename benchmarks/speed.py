@@ -12,16 +12,20 @@ seed and number of epochs, each in its own process with torch's default number o
                by a permutation: what the data path cannot beat
   runner       python -m runner dataset=mnist model=cnn optimizer=sgd ... (device=auto)
 
-Epoch time is training plus evaluation on the 10,000 test digits, for all three, averaged over
-the epochs. The runner's is its own measurement: the steps of `time_s` in metrics.csv, which also
+Epoch time is training plus evaluation on the 10,000 test digits, for all three. The runner's is
+its own measurement: the steps of `time_s` in metrics.csv, which also
 count what it wrote after the epoch before (metrics.csv, checkpoints, TensorBoard scalars); the
 histograms and prediction grid after the last epoch, and start-up, show only in each arm's wall
 time. Also measured: start-up (`--help`, `--cfg job`, a config error, and a run from process start
 to its first step, next to `import torch` alone and the reference's own first step) and the
 per-trial overhead of a 10-trial local multirun.
 
-    make bench                                                  # 2 epochs, 3 runs per arm
-    python benchmarks/speed.py --epochs 3 --repeats 5           # longer, for a noisy machine
+Each arm runs several times (--repeats), the arms taking turns. On a shared or virtual machine the
+speed of a whole process can differ by a quarter from one process to the next, so the ratios use
+each arm's fastest epoch (the least disturbed) and show the median epoch's too.
+
+    make bench                                                  # 2 epochs, 5 runs per arm
+    python benchmarks/speed.py --epochs 1 --repeats 2           # a quick look
     python benchmarks/speed.py --threads 1                      # every arm on one thread
     python benchmarks/speed.py -- trainer.precision=bf16 trainer.compile=true   # runner overrides
 
@@ -60,7 +64,7 @@ CFG_JOB_TARGET_S = 1.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2, help="epochs per arm (2)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per arm, taking turns (3)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per arm, taking turns (5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS for every arm (default: torch's own choice, one per core)")
     parser.add_argument("--out", type=Path, default=None, help="folder for data, runs and summary.json")
@@ -82,10 +86,12 @@ def main() -> None:
     write_mnist(data)
     load = [os.getloadavg()[0]]
     startup = measure_startup(out, data)
-    arms = {name: [] for name in ("reference", "lower_bound", "runner")}
-    # the arms take turns, so that other work on the machine slows each of them alike
+    names = ["reference", "lower_bound", "runner"]
+    arms = {name: [] for name in names}
     for repeat in range(args.repeats):
-        for name in arms:
+        # the arms take turns, each in every place of the order: other work on the machine, and a
+        # machine that slows down under a long burst of work (a VM's CPU budget), hit them alike
+        for name in names[repeat % 3 :] + names[: repeat % 3]:
             print(f"[{repeat + 1}/{args.repeats}] {name} ...", flush=True)
             if name == "runner":
                 run = run_runner(out / f"runner-{repeat}", data, args.epochs, args.overrides)
