@@ -359,8 +359,8 @@ class Fit:
                     interruption.hand_over()
         finally:
             bar.close()
+        metrics = totals.metrics("train", self.top5)  # .item() waits for the device: stop the clock after it
         totals.seconds += time.perf_counter() - tic
-        metrics = totals.metrics("train", self.top5)
         self._check_finite(metrics["train/loss"], epoch)
         metrics["train/samples_per_s"] = round(totals.seen / max(totals.seconds, 1e-9), 1)
         return metrics
