@@ -159,8 +159,9 @@ class Fit:
     """One run's training: built from the config, resumable from its own checkpoints."""
 
     def __init__(self, cfg: DictConfig, trainer: TrainerConfig, run_dir: Path, pruner=None, on_epoch_end=None,
-                 on_interrupt=None):
+                 on_interrupt=None, git_commit: str | None = None):
         self.cfg, self.trainer, self.run_dir = cfg, trainer, run_dir
+        self.git_commit = git_commit  # stored in every checkpoint
         self.checkpoints = run_dir / "checkpoints"
         self.pruner = pruner
         self.on_epoch_end = on_epoch_end  # called with (progress, objective) after each epoch's record
@@ -236,8 +237,6 @@ class Fit:
             "config": OmegaConf.to_yaml(self.cfg),
             "git_commit": self.git_commit,
         }
-
-    git_commit: str | None = None
 
     def save(self, *names: str) -> None:
         state = self._state()

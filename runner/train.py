@@ -202,8 +202,7 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: Record) -> float
         pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
                              metric=cfg.objective.metric, goal=cfg.objective.goal)
     fit = Fit(cfg, trainer, context.run_dir, pruner=pruner, on_epoch_end=record.progress,
-              on_interrupt=record.interrupted)
-    fit.git_commit = record.result["git_commit"]
+              on_interrupt=record.interrupted, git_commit=record.result["git_commit"])
     last = fit.checkpoints / "last.pt"
     if trainer.resume == "auto" and last.exists():
         fit.resume_from(last)
