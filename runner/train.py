@@ -39,6 +39,10 @@ class RunContext:
     def trial(self) -> str | None:
         return self.run_dir.name if self.sweep_dir is not None else None
 
+    @property
+    def fail_fast_marker(self) -> Path | None:
+        return self.sweep_dir / FAIL_FAST_MARKER if self.sweep_dir is not None else None
+
     @classmethod
     def from_hydra(cls) -> "RunContext":
         from hydra.core.hydra_config import HydraConfig
@@ -91,7 +95,7 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
     except Exception as error:
         record.failed(error)
         if context.sweep_dir is None or cfg.fail_fast:
-            marker = context.sweep_dir / FAIL_FAST_MARKER if context.sweep_dir is not None else None
+            marker = context.fail_fast_marker
             if marker is not None and not marker.exists():
                 marker.write_text(f"{context.trial}: {error}\n")
             raise
@@ -109,7 +113,7 @@ def _is_finished(result: dict | None, max_epochs: int) -> bool:
 
 
 def _stop_if_sweep_failed(context: RunContext, cfg: DictConfig) -> None:
-    marker = context.sweep_dir / FAIL_FAST_MARKER if context.sweep_dir is not None else None
+    marker = context.fail_fast_marker
     if cfg.fail_fast and marker is not None and marker.exists():
         raise TrialFailed(f"not started: fail_fast is on and a trial failed ({marker.read_text().strip()})")
 
