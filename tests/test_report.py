@@ -15,7 +15,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from runner.callbacks import SweepReport
+from runner.hydra_callbacks import SweepReport
 from runner.report import report
 from runner.results import read_result, write_json_atomic, write_metrics
 

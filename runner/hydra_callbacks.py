@@ -1,4 +1,4 @@
-"""Hydra callbacks: what happens around runs and sweeps, outside their jobs.
+"""Hydra callbacks: what happens around runs and sweeps, outside their jobs (training callbacks: runner.callbacks).
 
 Registered in conf/hydra/default.yaml under `hydra.callbacks`: every run and sweep is checked
 before its first job, and every multirun ends with its report.
