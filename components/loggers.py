@@ -1,4 +1,4 @@
-"""Experiment loggers: the runner hands each one scalars, hparams, images, histograms and text.
+"""Experiment loggers: the runner hands each one scalars, hparams, images, figures, histograms and text.
 
 A logger implements the calls it can use; the base class ignores the rest. Every logger is built
 with `run_dir`, the run's folder, and `start_step`, the step a resumed run continues from.
@@ -20,7 +20,11 @@ class Logger:
 
     def log_hparams(self, hparams: dict[str, object], metrics: dict[str, float]) -> None: ...
 
-    def log_predictions(self, tag: str, images: torch.Tensor, captions: list[str], step: int) -> None: ...
+    def log_images(self, tag: str, images: torch.Tensor, captions: list[str], step: int) -> None:
+        """A grid of images in [0, 1], [N, C, H, W], with a caption each."""
+
+    def log_figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure."""
 
     def log_histograms(self, tensors: dict[str, torch.Tensor], step: int) -> None: ...
 
@@ -54,8 +58,11 @@ class TensorBoardLogger(Logger):
         for tag, value in metrics.items():
             self.writer.add_scalar(f"hparams/{tag}", value, 0)
 
-    def log_predictions(self, tag, images, captions, step):
-        self.writer.add_figure(tag, _prediction_grid(images, captions), step)
+    def log_images(self, tag, images, captions, step):
+        self.writer.add_figure(tag, _image_grid(images, captions), step)
+
+    def log_figure(self, tag, figure, step):
+        self.writer.add_figure(tag, figure, step, close=False)
 
     def log_histograms(self, tensors, step):
         for tag, tensor in tensors.items():
@@ -69,7 +76,7 @@ class TensorBoardLogger(Logger):
         self.writer.close()
 
 
-def _prediction_grid(images: torch.Tensor, captions: list[str]):
+def _image_grid(images: torch.Tensor, captions: list[str]):
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,4 @@
-"""Image classifiers sized from the dataset's shape: every model fits 1- or 3-channel, 28 or 32 px."""
+"""Models sized from the config: an MLP for any input, image classifiers for 1- or 3-channel images."""
 
 from __future__ import annotations
 
@@ -7,16 +7,23 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Fully connected layers with LeakyReLU, as in the W&B tutorial."""
+    """Fully connected layers with LeakyReLU, as in the W&B tutorial; inputs of any shape are flattened.
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden_sizes: list[int] = (200, 200)):
+    `input_dim`: the flattened input size; None infers it from the first batch (nn.LazyLinear), so the
+    same config fits images of any size and feature vectors alike.
+    """
+
+    def __init__(self, num_outputs: int, input_dim: int | None = None, hidden_sizes: list[int] = (200, 200),
+                 dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        width = in_channels * image_size * image_size
+        width = input_dim
         for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.LeakyReLU()]
+            layers += [nn.Linear(width, hidden) if width else nn.LazyLinear(hidden), nn.LeakyReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
             width = hidden
-        layers.append(nn.Linear(width, num_classes))
+        layers.append(nn.Linear(width, num_outputs) if width else nn.LazyLinear(num_outputs))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +80,27 @@ class TutorialCNN(nn.Module):
         x = torch.relu(torch.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
         x = torch.relu(self.fc1(x.flatten(1)))
         return self.fc2(self.dropout(x))
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 convolution blocks (the second pooled to 2x2) and a linear head: fits images from 4 px up,
+    such as scikit-learn's 8x8 digits."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, dropout: float = 0.25):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, kernel_size=3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, kernel_size=3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(8 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 def resnet18(in_channels: int, image_size: int, num_classes: int) -> nn.Module:

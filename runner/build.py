@@ -1,23 +1,27 @@
-"""Builds what the config names, after checking every `_target_`'s keys against its signature."""
+"""Builds what the config names, after checking every `_target_`'s keys against its signature, and
+checks that the model, the loss, the task and its metrics fit one real batch before training."""
 
 from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError, DataError
 
-# config groups whose nodes the runner instantiates; loggers get `run_dir` and `start_step` from the runner
-GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "logger")
+# config groups whose nodes the runner instantiates
+GROUPS = ("dataset", "model", "task", "loss", "optimizer", "scheduler", "logger", "callbacks")
+# what the runner passes itself: loggers get `run_dir` and `start_step`
 RUNNER_SUPPLIED = {"logger": {"run_dir", "start_step"}, "optimizer": {"params"}, "scheduler": {"optimizer", "steps_per_epoch"}}
 SIMPLE_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
+LOSS_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "loss"
 
 
 def check_targets(cfg: DictConfig) -> None:
@@ -58,7 +62,8 @@ def _check_node(node: Any, key: str, group: str, problems: list[str]) -> None:
         for name in sorted(given - set(parameters)):
             allowed = ", ".join(p for p in parameters if p not in ("self", "args", "kwargs")) or "none"
             problems.append(f"{key}.{name} is not a parameter of {node['_target_']} (its parameters: {allowed})")
-    supplied = RUNNER_SUPPLIED.get(group, set()) if key in (group, f"{group}.fn") or group == "logger" else set()
+    top_level = key in (group, f"{group}.fn") or (group in ("logger", "callbacks") and key.count(".") == 1)
+    supplied = RUNNER_SUPPLIED.get(group, set()) if top_level else set()
     is_partial = node.get("_partial_", False)
     for name, parameter in parameters.items():
         if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
@@ -91,70 +96,131 @@ def build(node: DictConfig, what: str, **kwargs) -> Any:
         raise kind(f"could not build {what} ({target}): {cause}") from error
 
 
-@dataclass
-class LossAdapter:
-    """Feeds the criterion what its config declares: logits, log-probabilities or probabilities
-    against class indices or one-hot targets."""
-
-    criterion: Callable
-    input: str
-    target: str
-    num_classes: int
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.input == "log_probs":
-            logits = torch.log_softmax(logits.float(), dim=1)
-        elif self.input == "probs":
-            logits = torch.softmax(logits.float(), dim=1)
-        if self.target == "one_hot":
-            labels = torch.nn.functional.one_hot(labels, self.num_classes).to(logits.dtype)
-        return self.criterion(logits, labels)
+# ---------------------------------------------------------------- the loss and the task
 
 
-def build_loss(cfg: DictConfig) -> LossAdapter:
-    return LossAdapter(build(cfg.loss.criterion, "loss"), cfg.loss.input, cfg.loss.target, cfg.dataset.num_classes)
+def bind_loss(task: Any, cfg: DictConfig) -> None:
+    """Give the task the loss's criterion with the settings of the loss config's entry for this task.
+
+    `loss.tasks` lists the tasks a loss fits, each with its settings; a loss config without it fits
+    any task (a user's own loss for a user's own task).
+    """
+    criterion = build(cfg.loss.criterion, "loss")
+    name = getattr(task, "name", type(task).__name__)
+    fits = cfg.loss.get("tasks")
+    if fits is not None and name not in fits:
+        others = losses_for(name)
+        raise ConfigError(
+            f"loss {cfg.loss.criterion._target_} does not fit task {name!r}: it fits "
+            f"{', '.join(fits) or 'no task'} (loss.tasks). "
+            + (f"Losses for {name}: {', '.join(others)}." if others else
+               f"Add {name} to loss.tasks if the loss does fit it.")
+        )
+    entry = fits[name] if fits is not None else None
+    settings = OmegaConf.to_container(entry, resolve=True) if entry else {}
+    accepted = [p for p in inspect.signature(task.bind_loss).parameters if p != "criterion"]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise ConfigError(f"loss.tasks.{name}.{unknown[0]} is not a setting of task {name!r} "
+                          f"(its settings: {', '.join(accepted) or 'none'})")
+    try:
+        task.bind_loss(criterion, **settings)
+    except ValueError as error:
+        raise ConfigError(f"loss.tasks.{name}: {error}") from error
 
 
-def probe(model: torch.nn.Module, loss: LossAdapter, cfg: DictConfig) -> None:
-    """One forward pass and loss on a zero batch of the dataset's declared shape, before any data is loaded."""
-    shape = (2, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
-    model_name = cfg.model._target_
+def losses_for(task_name: str) -> list[str]:
+    """The options of conf/loss/ whose `tasks` name this task."""
+    found = []
+    for path in sorted(LOSS_CONFIGS.glob("*.yaml")):
+        tasks = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("tasks") or {}
+        if task_name in tasks:
+            found.append(path.stem)
+    return found
+
+
+def recorded_metrics(task: Any) -> list[str]:
+    """Every metric a run records per epoch, in metrics.csv order (after epoch, step, time_s and lr)."""
+    names = []
+    for split in ("train", "val"):
+        names += [f"{split}/loss", *(f"{split}/{name}" for name in sorted(task.metrics))]
+        if split == "train":
+            names.append("train/samples_per_s")
+    return names
+
+
+def check_objective(cfg: DictConfig, task: Any) -> None:
+    known = [m for m in recorded_metrics(task) if m != "train/samples_per_s"] + ["lr"]
+    if cfg.objective.metric not in known:
+        raise ConfigError(f"objective.metric={cfg.objective.metric!r} is not a metric this run records; "
+                          f"use one of: {', '.join(known)} (add metrics under task.metrics)")
+
+
+def shape_of(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} {tuple(value.shape)}"
+    if isinstance(value, (dict, tuple, list)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        return type(value).__name__ + "(" + ", ".join(f"{k}: {shape_of(v)}" for k, v in items) + ")"
+    return type(value).__name__
+
+
+def probe(model: torch.nn.Module, task: Any, batch: Any, cfg: DictConfig) -> None:
+    """The model, the task's check, the loss and every metric on one real batch, before training:
+    a mismatch is one error naming what does not fit, with the underlying error as its cause."""
+    inputs, target = task.unpack(batch)
+    model_name, task_name = cfg.model._target_, getattr(task, "name", type(task).__name__)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             try:
-                out = model(torch.zeros(shape))
+                output = task.forward(model, inputs)
             except Exception as error:
-                raise ConfigError(
-                    f"model {model_name} does not fit dataset {cfg.dataset._target_} with images of shape "
-                    f"{shape[1:]} (C, H, W): {error}"
-                ) from None
-            expected = (2, cfg.dataset.num_classes)
-            if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-                found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ConfigError(
-                    f"model {model_name} outputs {found} for a batch of 2, but the dataset has "
-                    f"{cfg.dataset.num_classes} classes: expected {expected}"
-                )
+                raise ConfigError(f"model {model_name} fails on a batch of dataset {cfg.dataset._target_} "
+                                  f"(inputs {shape_of(inputs)}): {type(error).__name__}: {error}") from error
+            try:
+                task.check(output, target)
+            except ValueError as error:
+                raise ConfigError(f"model {model_name} does not fit task {task_name!r} on dataset "
+                                  f"{cfg.dataset._target_}: {error}") from error
             try:
                 # a shape mismatch that would only broadcast with a warning is an error here
                 with warnings.catch_warnings():
                     warnings.simplefilter("error", UserWarning)
-                    value = loss(out, torch.zeros(2, dtype=torch.long))
+                    value = task.loss(output, target)
             except Exception as error:
-                raise ConfigError(
-                    f"loss {cfg.loss.criterion._target_} (input={loss.input}, target={loss.target}) does not fit "
-                    f"a {cfg.dataset.num_classes}-class classifier's output: {error}"
-                ) from None
+                raise ConfigError(f"loss {cfg.loss.criterion._target_} does not fit the output of model "
+                                  f"{model_name} ({shape_of(output)}) for task {task_name!r} with targets "
+                                  f"{shape_of(target)}: {type(error).__name__}: {error}") from error
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                raise ConfigError(
-                    f"loss {cfg.loss.criterion._target_} must reduce to one number, got shape "
-                    f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}; "
-                    f"set its reduction to mean"
-                )
+                raise ConfigError(f"loss {cfg.loss.criterion._target_} must reduce to one number, got "
+                                  f"{shape_of(value)}; set its reduction to mean")
+            _probe_metrics(task, output, target)
     finally:
         model.train(was_training)
+
+
+def _probe_metrics(task: Any, output: Any, target: Any) -> None:
+    from torchmetrics import MetricCollection
+
+    metrics = task.new_metrics().to(output.device if isinstance(output, torch.Tensor) else "cpu")
+    for name, metric in metrics.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a tiny batch may lack a class: the metric says so, rightly
+                task.update_metrics(MetricCollection({name: metric}, compute_groups=False), output, target)
+                value = metric.compute()
+        except Exception as error:
+            raise ConfigError(f"metric task.metrics.{name} ({type(metric).__module__}.{type(metric).__name__}) "
+                              f"fails on the model's output {shape_of(output)} and targets {shape_of(target)}: "
+                              f"{type(error).__name__}: {error}") from error
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, (int, float))):
+            raise ConfigError(f"metric task.metrics.{name} gives {shape_of(value)}, not one number; "
+                              f"set it to average over classes or outputs (average='macro', say)")
+
+
+# ---------------------------------------------------------------- optimisation
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):

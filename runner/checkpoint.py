@@ -1,9 +1,16 @@
-"""Checkpoints: written atomically, holding everything an exact resume needs."""
+"""Checkpoints: plain data (tensors, numbers, strings, lists, dicts) written atomically, loaded with
+`torch.load(weights_only=True)`, holding everything an exact resume needs.
+
+No pickled class of ours is stored, so a checkpoint loads without the runner installed and loading
+one from a shared folder cannot run code. `format_version` says how to read it; a checkpoint of a
+newer format, or a file that is no checkpoint, is refused by name and left untouched.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,48 +21,70 @@ from runner.errors import CheckpointError
 
 LAST = "last.pt"
 BEST = "best.pt"
+# 1: runner 0.1, pickled Python objects (a Progress dataclass, numpy arrays); 2: plain data
+FORMAT_VERSION = 2
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then rename over it."""
+    """torch.save to a uniquely named temporary file beside `path`, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with tmp.open("wb") as f:
-            torch.save(state, f)
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide checkpoints from the rest of a team
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint; a damaged one is reported by name and left where it is."""
+    """Read a checkpoint as plain data; one that cannot be read is reported by name and left where it is."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        old = "weights_only" in str(error) or "Unsupported global" in str(error)
+        hint = (" It holds pickled Python objects, as runner 0.1 wrote them, which cannot be loaded without "
+                "running code from the file. Finish that run with the version that wrote it, or" if old else
+                " It was left in place. Move it away to resume from nothing, or")
         raise CheckpointError(
-            f"cannot resume: the checkpoint {path} is unreadable ({type(error).__name__}: {error}). "
-            f"It was left in place. Move it away to resume from nothing, or start over with "
-            f"trainer.resume=never (earlier results are kept under archive/)."
-        ) from None
-    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise CheckpointError(f"cannot resume: {path} is not a runner checkpoint (no model or epoch). It was left in place.")
+            f"cannot read the checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0]}).{hint} "
+            f"start over with trainer.resume=never (earlier results are kept under archive/)."
+        ) from error
+    if not isinstance(state, dict) or "model" not in state or "format_version" not in state:
+        raise CheckpointError(f"{path} is not a runner checkpoint (no model or format_version). It was left in place.")
+    if state["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format_version']}, newer than this runner reads "
+            f"({FORMAT_VERSION}): update the runner. It was left in place."
+        )
     return state
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random number generator's state as tensors and plain numbers."""
+    version, mt_state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["position"], npy["has_gauss"],
+                         npy["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -7,15 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 from runner.errors import ConfigError
 from runner.resolvers import GOALS
 
 PRECISIONS = ("32", "bf16", "16")
 RESUME_MODES = ("auto", "never")
-LOSS_INPUTS = ("logits", "log_probs", "probs")
-LOSS_TARGETS = ("index", "one_hot")
 SCHEDULER_INTERVALS = ("epoch", "step")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -69,13 +67,6 @@ class ObjectiveConfig:
     goal: str = "maximize"
 
 
-@dataclass
-class DatasetShape:
-    channels: int = 1
-    image_size: int = 28
-    num_classes: int = 10
-
-
 def typed_trainer(cfg: DictConfig) -> TrainerConfig:
     """`cfg.trainer` checked against its schema and returned as a typed object."""
     return OmegaConf.to_object(_merge_schema(TrainerConfig, cfg.trainer, "trainer"))
@@ -93,18 +84,22 @@ def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError that lists every mistake found, before anything is built or loaded."""
     try:
         OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationKeyError as error:
+        missing = re.search(r"Interpolation key '([^']+)'", error.msg)
+        needed = missing.group(1) if missing else "?"
+        needs = (f": the {error.full_key.split('.')[0]} needs a {needed.split('.')[0]} that declares "
+                 f"{needed.split('.', 1)[1]}" if "." in needed and error.full_key else "")
+        raise ConfigError(f"{error.full_key}: {_raw_value(cfg, error.full_key)} refers to {needed}, which the "
+                          f"composed config does not have{needs}. Do the chosen options fit together?") from None
     except OmegaConfBaseException as error:
         # a resolver's own ConfigError (a bad objective.goal, say) says it best
         cause = error.__cause__ if isinstance(error.__cause__, ConfigError) else None
         raise ConfigError(str(cause) if cause else f"the config cannot be resolved: {error}") from None
 
     problems: list[str] = []
-    for schema, key in ((TrainerConfig, "trainer"), (ObjectiveConfig, "objective"), (DatasetShape, "dataset")):
+    for schema, key in ((TrainerConfig, "trainer"), (ObjectiveConfig, "objective")):
         try:
-            node = cfg[key]
-            if key == "dataset":
-                node = {k: node[k] for k in ("channels", "image_size", "num_classes") if k in node}
-            _merge_schema(schema, node, key)
+            _merge_schema(schema, cfg[key], key)
         except ConfigError as error:
             problems.append(str(error))
     if problems:
@@ -138,18 +133,21 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"trainer.stop.time_budget_s={budget} must be > 0 or null")
 
     _choice(problems, "objective.goal", objective.goal, GOALS)
-    for name in ("channels", "image_size", "num_classes"):
-        if cfg.dataset[name] < 1:
-            problems.append(f"dataset.{name}={cfg.dataset[name]} must be >= 1")
 
     lr = cfg.optimizer.get("lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
         problems.append(f"optimizer.lr={lr!r} must be a number > 0")
 
+    for group in ("dataset", "model", "task"):
+        if not isinstance(cfg.get(group), DictConfig) or "_target_" not in cfg[group]:
+            problems.append(f"{group} must name what to build with _target_ (see conf/{group}/)")
     if "criterion" not in cfg.loss or "_target_" not in (cfg.loss.criterion or {}):
         problems.append("loss.criterion must name a loss with _target_ (see conf/loss/)")
-    _choice(problems, "loss.input", cfg.loss.get("input"), LOSS_INPUTS)
-    _choice(problems, "loss.target", cfg.loss.get("target"), LOSS_TARGETS)
+    fits = cfg.loss.get("tasks")
+    if fits is not None and not (isinstance(fits, DictConfig) and all(isinstance(v, DictConfig) or v is None
+                                                                       for v in fits.values())):
+        problems.append("loss.tasks must map each task the loss fits to its settings, e.g. "
+                        "{classification: {input: logits, target: index}, regression: {}}")
 
     if cfg.scheduler:
         if "fn" not in cfg.scheduler or "_target_" not in (cfg.scheduler.fn or {}):
@@ -158,6 +156,14 @@ def validate(cfg: DictConfig) -> None:
 
     if problems:
         raise ConfigError(_bullets(problems))
+
+
+def _raw_value(cfg: DictConfig, dotted_key: str) -> Any:
+    """A config value as written, interpolations unresolved."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in dotted_key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -2,63 +2,88 @@
 
 Both paths visit the same samples in the same order: a permutation seeded by (seed, epoch). That
 makes an epoch reproducible from its number alone, so a resumed run can skip the batches it did.
+A batch is `(inputs, target)`; the dataset's preprocessing (`Data.preprocess`) is applied to tensor
+inputs on the device, as one multiply-add when it is affine (standardisation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[Any, Any]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-@dataclass
-class DeviceTensors:
-    """A whole split held as uint8 on the device; batches are normalised there as they are cut."""
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors moved to the device, inside tuples, lists and dicts too."""
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    scale: torch.Tensor
-    shift: torch.Tensor
+
+@dataclass
+class Preprocess:
+    """The dataset's preprocessing on the device: x * multiplier + shift when it is affine, else any callable."""
+
+    multiplier: Tensor | None = None
+    shift: Tensor | None = None
+    transform: Callable | None = None
     channels_last: bool = False
 
     @classmethod
-    def from_split(cls, split, mean, std, device: torch.device, channels_last: bool) -> "DeviceTensors":
-        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        # (x / 255 - mean) / std as one multiply-add
-        return cls(
-            images=split.images.to(device, non_blocking=True),
-            labels=split.labels.to(device, non_blocking=True),
-            scale=1.0 / (255.0 * std_t),
-            shift=-mean_t / std_t,
-            channels_last=channels_last,
-        )
+    def of(cls, preprocess: Any, device: torch.device, channels_last: bool) -> "Preprocess":
+        if preprocess is not None and hasattr(preprocess, "affine"):
+            multiplier, shift = preprocess.affine(device)
+            return cls(multiplier, shift, channels_last=channels_last)
+        return cls(transform=preprocess, channels_last=channels_last)
+
+    def __call__(self, inputs: Any) -> Any:
+        if not isinstance(inputs, Tensor):
+            return inputs
+        if self.multiplier is not None:
+            inputs = torch.addcmul(self.shift, inputs.float(), self.multiplier)
+        elif self.transform is not None:
+            inputs = self.transform(inputs)
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+
+@dataclass
+class DeviceTensors:
+    """A whole split held on the device as it is stored (uint8 images stay uint8); batches are
+    cut by index and preprocessed there."""
+
+    inputs: Tensor
+    targets: Tensor
+    preprocess: Preprocess
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
+    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
         n = len(self)
-        order = order.to(self.images.device) if order is not None else None
+        order = order.to(self.inputs.device) if order is not None else None
         for start in range(skip * batch_size, n, batch_size):
             if order is None:
-                images, labels = self.images[start : start + batch_size], self.labels[start : start + batch_size]
+                inputs, targets = self.inputs[start : start + batch_size], self.targets[start : start + batch_size]
             else:
                 # index_select copies whole rows: half the time of indexing with a tensor (uint8 images)
                 rows = order[start : start + batch_size]
-                images, labels = self.images.index_select(0, rows), self.labels.index_select(0, rows)
-            images = torch.addcmul(self.shift, images.float(), self.scale)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, labels
+                inputs, targets = self.inputs.index_select(0, rows), self.targets.index_select(0, rows)
+            yield self.preprocess(inputs), targets
 
 
 class _IndexBatches:
@@ -81,6 +106,7 @@ class LoaderBatches:
 
     dataset: Dataset
     device: torch.device
+    preprocess: Preprocess
     num_workers: int
     pin_memory: bool
     persistent_workers: bool
@@ -98,11 +124,11 @@ class LoaderBatches:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
+    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
         indices = order.tolist() if order is not None else list(range(len(self)))
         self._index_batches.chunks = [indices[i : i + batch_size] for i in range(skip * batch_size, len(indices), batch_size)]
-        for images, labels in self._loader:
-            yield images.to(self.device, non_blocking=True), torch.as_tensor(labels).to(self.device, non_blocking=True)
+        for inputs, targets in self._loader:
+            yield self.preprocess(to_device(inputs, self.device)), to_device(targets, self.device)
 
 
 def batches_per_epoch(n: int, batch_size: int, limit: int | None) -> int:
@@ -111,21 +137,23 @@ def batches_per_epoch(n: int, batch_size: int, limit: int | None) -> int:
 
 
 def is_in_memory(split) -> bool:
-    """A split that carries its whole data as tensors (duck-typed: uint8 `images` and `labels`)."""
-    images = getattr(split, "images", None)
-    return isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and hasattr(split, "labels")
+    """A split that carries its whole data as two tensors (duck-typed: `inputs` and `targets`)."""
+    return isinstance(getattr(split, "inputs", None), Tensor) and isinstance(getattr(split, "targets", None), Tensor)
 
 
-def make_source(split, dataset, device: torch.device, trainer, channels_last: bool) -> DeviceTensors | LoaderBatches:
+def make_source(split, data, device: torch.device, trainer, channels_last: bool) -> DeviceTensors | LoaderBatches | "_Moved":
     """In-memory splits are sliced on the training device (or on the CPU with data_on_device=false)."""
+    preprocess = getattr(data, "preprocess", None)
     if is_in_memory(split):
         home = device if str(trainer.data_on_device).lower() != "false" else torch.device("cpu")
-        source = DeviceTensors.from_split(split, dataset.mean, dataset.std, home, channels_last)
+        source = DeviceTensors(split.inputs.to(home, non_blocking=True), split.targets.to(home, non_blocking=True),
+                               Preprocess.of(preprocess, home, channels_last))
         return source if home == device else _Moved(source, device)
     pin = str(trainer.pin_memory).lower()
     return LoaderBatches(
         split,
         device,
+        Preprocess.of(preprocess, device, channels_last),
         num_workers=trainer.num_workers,
         pin_memory=device.type == "cuda" if pin == "auto" else pin == "true",
         persistent_workers=trainer.persistent_workers,
@@ -142,6 +170,6 @@ class _Moved:
     def __len__(self) -> int:
         return len(self.source)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
-        for images, labels in self.source.batches(batch_size, order, skip):
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
+        for inputs, targets in self.source.batches(batch_size, order, skip):
+            yield inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)

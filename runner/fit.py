@@ -1,4 +1,9 @@
-"""The training loop: build what the config names, train and validate each epoch, checkpoint, stop."""
+"""The training loop: train and evaluate each epoch, step the optimizer and the scheduler, ask the callbacks.
+
+The loop knows no task: the task (components.tasks or a user's own) says what a batch means, runs the
+model, computes the loss and updates the metrics; callbacks (runner.callbacks) decide when to stop,
+save and log. What the loop owns is the order of things and the state an exact resume needs.
+"""
 
 from __future__ import annotations
 
@@ -17,29 +22,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint
-from runner.build import build, build_loss, build_scheduler, check_targets, probe
+from runner.build import bind_loss, build, build_scheduler, check_objective, check_targets, probe, recorded_metrics
+from runner.callbacks import Callback, Stop
 from runner.config import TrainerConfig
 from runner.data import batches_per_epoch, epoch_generator, make_source
-from runner.errors import ConfigError, TrialFailed
+from runner.errors import ConfigError, RunnerError, TrialFailed
 from runner.interrupt import Interruption
 from runner.objective import Objective
 from runner.progress import EpochProgress
-from runner.results import write_metrics
 
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
-
-
-def metric_names(num_classes: int) -> list[str]:
-    """Every metric a run records, in metrics.csv column order."""
-    top5 = num_classes > 5
-    names = ["epoch", "step", "time_s", "lr"]
-    for split in ("train", "val"):
-        names += [f"{split}/loss", f"{split}/acc"] + ([f"{split}/acc_top5"] if top5 else [])
-        if split == "train":
-            names.append("train/samples_per_s")
-    return names
+# samples of the training split that the pre-training check runs through model, loss and metrics
+PROBE_BATCH = 16
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -94,44 +90,58 @@ def keep_cpu_buffers_mapped() -> None:
     mallopt(m_trim_threshold, 64 << 20)
 
 
+def batch_size_of(target: Any) -> int:
+    """Samples in a batch, from its target (a tensor, or a tuple or dict of them)."""
+    if isinstance(target, torch.Tensor):
+        return len(target)
+    first = next(iter(target.values() if isinstance(target, dict) else target))
+    return batch_size_of(first)
+
+
 @dataclass
 class EpochTotals:
-    """Running sums over an epoch's batches, kept on the device so steps need not synchronise."""
+    """An epoch's loss sum, sample count and metrics, accumulated on the device so steps need not synchronise."""
 
     loss: torch.Tensor
-    correct: torch.Tensor
-    correct_top5: torch.Tensor
+    metrics: Any  # the task's MetricCollection for this split
     seen: int = 0
     seconds: float = 0.0
 
     @classmethod
-    def zeros(cls, device: torch.device) -> "EpochTotals":
-        z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
-        return cls(z(), z(), z())
+    def zeros(cls, metrics, device: torch.device) -> "EpochTotals":
+        metrics.reset()
+        return cls(torch.zeros((), dtype=torch.float64, device=device), metrics)
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
-        n = len(labels)
+    def add(self, task, output: Any, target: Any, loss: torch.Tensor) -> None:
+        n = batch_size_of(target)
         self.loss.add_(loss.detach(), alpha=n)  # one kernel; the same float64 sum as .double() * n
-        self.correct += (logits.argmax(1) == labels).sum()
-        if logits.shape[1] > 5:
-            self.correct_top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
+        task.update_metrics(self.metrics, output, target)
         self.seen += n
 
-    def metrics(self, split: str, top5: bool) -> dict[str, float]:
-        seen = max(self.seen, 1)
-        out = {f"{split}/loss": self.loss.item() / seen, f"{split}/acc": self.correct.item() / seen}
-        if top5:
-            out[f"{split}/acc_top5"] = self.correct_top5.item() / seen
+    def compute(self, split: str) -> dict[str, float]:
+        """The epoch's values under `<split>/<name>`; waits for the device once."""
+        out = {f"{split}/loss": self.loss.item() / max(self.seen, 1)}
+        if self.seen:
+            out.update({f"{split}/{name}": float(value) for name, value in self.metrics.compute().items()})
         return out
 
     def state(self) -> dict[str, Any]:
-        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "correct_top5": self.correct_top5.cpu(),
-                "seen": self.seen, "seconds": self.seconds}
+        """Plain data for a mid-epoch checkpoint: the sums, and each metric's states and update count."""
+        metrics = {}
+        for name, metric in self.metrics.items():
+            metric.persistent(True)
+            metrics[name] = {"states": metric.state_dict(), "updates": metric._update_count}
+        return {"loss": self.loss.cpu(), "seen": self.seen, "seconds": self.seconds, "metrics": metrics}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> "EpochTotals":
-        return cls(state["loss"].to(device), state["correct"].to(device), state["correct_top5"].to(device),
-                   state["seen"], state["seconds"])
+    def from_state(cls, state: dict[str, Any], metrics, device: torch.device) -> "EpochTotals":
+        metrics.reset()
+        for name, metric in metrics.items():
+            metric.persistent(True)
+            metric.load_state_dict(state["metrics"][name]["states"])
+            # torchmetrics counts updates to warn of a compute() before any: the restored ones count
+            metric._update_count = state["metrics"][name]["updates"]
+        return cls(state["loss"].to(device), metrics.to(device), state["seen"], state["seconds"])
 
 
 @dataclass
@@ -146,6 +156,15 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
 
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+                "partial": self.partial, "generator_state": self.generator_state,
+                "history": [dict(row) for row in self.history], "train_seconds": self.train_seconds}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Progress":
+        return cls(**state)
+
 
 @dataclass
 class Outcome:
@@ -155,42 +174,43 @@ class Outcome:
     objective: Objective
 
 
+class CallbackFailed(RunnerError):
+    """A callback raised: the run fails with the callback's name in the reason."""
+
+
 class Fit:
     """One run's training: built from the config, resumable from its own checkpoints."""
 
-    def __init__(self, cfg: DictConfig, trainer: TrainerConfig, run_dir: Path, pruner=None, on_epoch_end=None,
-                 on_interrupt=None, git_commit: str | None = None):
+    def __init__(self, cfg: DictConfig, trainer: TrainerConfig, run_dir: Path, callbacks: dict[str, Any],
+                 git_commit: str | None = None):
         self.cfg, self.trainer, self.run_dir = cfg, trainer, run_dir
         self.git_commit = git_commit  # stored in every checkpoint
         self.checkpoints = run_dir / "checkpoints"
-        self.pruner = pruner
-        self.on_epoch_end = on_epoch_end  # called with (progress, objective) after each epoch's record
-        # called once the checkpoint of an interruption is saved, before the signal is handed on:
-        # on SLURM the job may be killed soon after the hand-over
-        self.on_interrupt = on_interrupt
+        self.callbacks = callbacks
         self.device = resolve_device(trainer.device)
         seed_everything(trainer.seed, trainer.deterministic)
         if self.device.type == "cpu":
             keep_cpu_buffers_mapped()
 
         check_targets(cfg)
-        self.model = build(cfg.model, "model")
-        self.loss = build_loss(cfg)
-        probe(self.model, self.loss, cfg)
-        self.top5 = cfg.dataset.num_classes > 5
+        self.task = build(cfg.task, "task")
+        bind_loss(self.task, cfg)
+        check_objective(cfg, self.task)
+        self.csv_columns = ["epoch", "step", "time_s", "lr", *recorded_metrics(self.task)]
         self.objective = Objective(cfg.objective.metric, cfg.objective.goal)
-        known = [m for m in metric_names(cfg.dataset.num_classes) if "/" in m] + ["lr"]
-        if self.objective.metric not in known:
-            raise ConfigError(f"objective.metric={self.objective.metric!r} is not a metric this run records; "
-                              f"use one of: {', '.join(known)}")
 
-        self.dataset = build(cfg.dataset, "dataset")
+        self.model = build(cfg.model, "model")
+        self.data = build(cfg.dataset, "dataset")
         self.channels_last = self.device.type == "cuda" if trainer.channels_last == "auto" else trainer.channels_last == "true"
-        self.train_data = make_source(self.dataset.train, self.dataset, self.device, trainer, self.channels_last)
-        self.val_data = make_source(self.dataset.val, self.dataset, self.device, trainer, self.channels_last)
+        self.train_data = make_source(self.data.train, self.data, self.device, trainer, self.channels_last)
+        self.val_data = make_source(self.data.val, self.data, self.device, trainer, self.channels_last)
         self.steps_per_epoch = batches_per_epoch(len(self.train_data), trainer.batch_size, trainer.limit_train_batches)
 
-        self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.model.to(self.device)
+        example = getattr(self.data, "example", None)
+        probe(self.model, self.task, example if example is not None else next(self.train_data.batches(PROBE_BATCH)), cfg)
+        if self.channels_last:  # after the probe: lazy layers have their sizes only then
+            self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if trainer.compile else self.model
         self.optimizer = build(cfg.optimizer, "optimizer")(self.model.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
@@ -199,8 +219,14 @@ class Fit:
         precision = str(trainer.precision)
         self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "16")
+        self.train_metrics = self.task.new_metrics().to(self.device)
+        self.eval_metrics = self.task.new_metrics().to(self.device)
         self.progress = Progress()
-        self.evals_without_improvement = 0
+        # set after each epoch, for the callbacks
+        self.evaluated = False
+        self.is_best = False
+        self.stop: Stop | None = None
+        self.eval_batch_hooks = self._hooked("on_eval_batch")
 
     # ------------------------------------------------------------------ checkpoints
     def resume_from(self, path: Path) -> None:
@@ -215,14 +241,16 @@ class Fit:
             raise ConfigError(
                 f"cannot resume from {path}: it was saved by a different model or optimizer ({error}). "
                 f"Use a new run folder, or trainer.resume=never to start over (the old results are kept)."
-            ) from None
-        self.progress = state["progress"]
+            ) from error
+        self.progress = Progress.from_state(state["progress"])
         self.objective.load_state(state["objective"])
-        self.evals_without_improvement = state["evals_without_improvement"]
+        for name, callback_state in state.get("callbacks", {}).items():
+            if name in self.callbacks and hasattr(self.callbacks[name], "load_state_dict"):
+                self.callbacks[name].load_state_dict(callback_state)
         checkpoint.restore_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
 
-    def _state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -230,124 +258,129 @@ class Fit:
             "scaler": self.scaler.state_dict(),
             "epoch": self.progress.epoch,
             "step": self.progress.step,
-            "progress": self.progress,
+            "progress": self.progress.state(),
             "objective": self.objective.state(),
-            "evals_without_improvement": self.evals_without_improvement,
+            "callbacks": {name: callback.state_dict() for name, callback in self.callbacks.items()
+                          if hasattr(callback, "state_dict")},
             "rng": checkpoint.rng_state(),
             "config": OmegaConf.to_yaml(self.cfg),
             "git_commit": self.git_commit,
         }
 
     def save(self, *names: str) -> None:
-        state = self._state()
+        state = self.state_dict()
         for name in names:
             checkpoint.save_atomic(state, self.checkpoints / name)
 
+    # ------------------------------------------------------------------ callbacks
+    def _call(self, hook: str, *args) -> None:
+        for name, callback in self.callbacks.items():
+            self._call_one(name, callback, hook, *args)
+
+    def _call_one(self, name: str, callback: Any, hook: str, *args):
+        method = getattr(callback, hook, None)
+        if method is None:
+            return None
+        try:
+            return method(self, *args)
+        except Exception as error:
+            detail = error if isinstance(error, RunnerError) else f"{type(error).__name__}: {error}"
+            raise CallbackFailed(f"callback {name} failed in {hook}: {detail}") from error
+
+    def _call_quietly(self, hook: str, *args) -> None:
+        """For hooks that run while the run is already failing: their own errors are logged, not raised."""
+        for name, callback in self.callbacks.items():
+            method = getattr(callback, hook, None)
+            if method is not None:
+                try:
+                    method(self, *args)
+                except Exception:
+                    log.exception("callback %s failed in %s", name, hook)
+
+    def _hooked(self, hook: str) -> list:
+        """The callbacks that do something in `hook` (called in the hot loop: skip the ones that do not)."""
+        return [(name, callback) for name, callback in self.callbacks.items()
+                if getattr(type(callback), hook, None) not in (None, getattr(Callback, hook))]
+
     # ------------------------------------------------------------------ the loop
-    def run(self, loggers: list) -> Outcome:
+    def run(self) -> Outcome:
         trainer = self.trainer
         started = time.monotonic() - self.progress.train_seconds
-        with Interruption() as interruption:
-            while self.progress.epoch < trainer.max_epochs:
-                epoch = self.progress.epoch + 1
-                train_metrics = self._train_epoch(epoch, loggers, interruption)
-                row = {"epoch": epoch, "step": self.progress.step, "lr": self._lr(), **train_metrics}
-                evaluated = epoch % trainer.eval_every_n_epochs == 0 or epoch == trainer.max_epochs
-                if evaluated:
-                    row.update(self.evaluate())
-                self.progress.epoch, self.progress.batch_in_epoch = epoch, 0
-                self.progress.partial = self.progress.generator_state = None
-                self.progress.train_seconds = time.monotonic() - started
-                row["time_s"] = round(self.progress.train_seconds, 3)
-                self.progress.history.append(row)
-                stop_reason = self._after_epoch(row, evaluated, loggers)
-                if stop_reason is not None and stop_reason[0] == "pruned":
-                    return Outcome("pruned", stop_reason[1], self.progress, self.objective)
-                if stop_reason is not None:
-                    return Outcome("completed", stop_reason[1], self.progress, self.objective)
-        return Outcome("completed", None, self.progress, self.objective)
+        try:
+            self._call("on_fit_start")
+            with Interruption() as interruption:
+                while self.progress.epoch < trainer.max_epochs:
+                    epoch = self.progress.epoch + 1
+                    train_metrics = self._train_epoch(epoch, interruption)
+                    row = {"epoch": epoch, "step": self.progress.step, "lr": self._lr(), **train_metrics}
+                    self.evaluated = epoch % trainer.eval_every_n_epochs == 0 or epoch == trainer.max_epochs
+                    if self.evaluated:
+                        row.update(self.evaluate(self.val_data, "val"))
+                    self.progress.epoch, self.progress.batch_in_epoch = epoch, 0
+                    self.progress.partial = self.progress.generator_state = None
+                    self.progress.train_seconds = time.monotonic() - started
+                    row["time_s"] = round(self.progress.train_seconds, 3)
+                    self.progress.history.append(row)
+                    self._after_epoch(row)
+                    if self.stop is not None:
+                        break
+        except BaseException as error:
+            self._call_quietly("on_exception", error)
+            raise
+        outcome = Outcome(self.stop.status if self.stop else "completed", self.stop.reason if self.stop else None,
+                          self.progress, self.objective)
+        self._call("on_fit_end", outcome)
+        return outcome
 
-    def _after_epoch(self, row: dict, evaluated: bool, loggers: list) -> tuple[str, str] | None:
-        """Record the epoch, then decide whether to stop: returns (status, reason) or None."""
-        trainer, epoch = self.trainer, row["epoch"]
-        write_metrics(self.run_dir, self.progress.history, metric_names(self.cfg.dataset.num_classes))
-        for logger in loggers:
-            logger.log_metrics({k: v for k, v in row.items() if "/" in k or k == "lr"}, self.progress.step)
-        log.info("epoch %d/%d  %s", epoch, trainer.max_epochs,
+    def _after_epoch(self, row: dict) -> None:
+        """Track the objective, step the scheduler, then ask the callbacks (the first Stop ends the run)."""
+        self.is_best, self.stop = False, None
+        log.info("epoch %d/%d  %s", row["epoch"], self.trainer.max_epochs,
                  "  ".join(f"{k}={v:.4g}" for k, v in row.items() if "/" in k))
-
-        is_best = False
-        if evaluated:
-            value = row[self.objective.metric]
-            is_best, improved = self.objective.update(value, epoch, row, trainer.early_stopping.min_delta)
-            self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
+        if self.evaluated:
+            self.is_best = self.objective.update(row[self.objective.metric], row["epoch"], row)
             if self.scheduler is not None and self.scheduler_monitor:
                 self.scheduler.step(row[self.scheduler_monitor])
         if self.scheduler is not None and self.scheduler_interval == "epoch" and not self.scheduler_monitor:
             self.scheduler.step()
-        if epoch % trainer.histograms_every_n_epochs == 0 or epoch == trainer.max_epochs:
-            self._log_histograms(loggers)
-        if epoch % trainer.predictions_every_n_epochs == 0 or epoch == trainer.max_epochs:
-            self._log_predictions(loggers)
-
-        decision = None
-        if evaluated:
-            value = row[self.objective.metric]
-            threshold = trainer.stop.objective_threshold
-            patience = trainer.early_stopping.patience
-            if threshold is not None and self.objective.reached(value, threshold):
-                decision = ("completed", f"{self.objective.metric}={value:.4g} reached trainer.stop.objective_threshold={threshold}")
-            elif patience is not None and self.evals_without_improvement >= patience:
-                decision = ("completed", f"early stopping: {self.objective.metric} did not improve for {patience} evaluations")
-            elif self.pruner is not None:
-                verdict = self.pruner.report(epoch, value)
-                if verdict.stop:
-                    decision = ("pruned", verdict.reason)
-        budget = trainer.stop.time_budget_s
-        if decision is None and budget is not None and self.progress.train_seconds >= budget:
-            decision = ("completed", f"time budget trainer.stop.time_budget_s={budget} used up")
-
-        if is_best:
-            self.save("best.pt")
-        if decision is not None or epoch % trainer.checkpoint_every_n_epochs == 0 or epoch == trainer.max_epochs:
-            self.save("last.pt")
-        if self.on_epoch_end is not None:
-            self.on_epoch_end(self.progress, self.objective)
-        return decision
+        for name, callback in self.callbacks.items():
+            decision = self._call_one(name, callback, "on_epoch_end", row)
+            if self.stop is None and decision:
+                self.stop = decision if isinstance(decision, Stop) else Stop(str(decision))
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _train_epoch(self, epoch: int, loggers: list, interruption: Interruption) -> dict[str, float]:
-        trainer, progress = self.trainer, self.progress
+    def _train_epoch(self, epoch: int, interruption: Interruption) -> dict[str, float]:
+        trainer, progress, task = self.trainer, self.progress, self.task
         generator = epoch_generator(trainer.seed, epoch)
         order = torch.randperm(len(self.train_data), generator=generator)
         skip = progress.batch_in_epoch
         if skip:
             generator.set_state(progress.generator_state)
-            totals = EpochTotals.from_state(progress.partial, self.device)
+            totals = EpochTotals.from_state(progress.partial, self.train_metrics, self.device)
         else:
-            totals = EpochTotals.zeros(self.device)
-        augment = getattr(self.dataset, "augment", None)
+            totals = EpochTotals.zeros(self.train_metrics, self.device)
+        augment = getattr(self.data, "augment", None)
         bar = EpochProgress(epoch, trainer.max_epochs, self.steps_per_epoch, skip)
         self.model.train()
         tic = time.perf_counter()
         batch_index = skip
         try:
-            for images, labels in self.train_data.batches(trainer.batch_size, order, skip):
+            for batch in self.train_data.batches(trainer.batch_size, order, skip):
                 if batch_index >= self.steps_per_epoch:
                     break
+                inputs, target = task.unpack(batch)
                 if augment is not None:
-                    images = augment(images, generator)
-                loss, logits = self._step(images, labels)
-                totals.add(logits, labels, loss)
+                    inputs = augment(inputs, generator)
+                loss, output = self._step(inputs, target)
+                totals.add(task, output, target, loss)
                 batch_index += 1
                 progress.step += 1
                 if progress.step % trainer.log_every_n_steps == 0:
                     loss_value = loss.item()
                     self._check_finite(loss_value, epoch)
-                    for logger in loggers:
-                        logger.log_metrics({"train/loss_step": loss_value, "lr": self._lr()}, progress.step)
+                    self._call("on_log_step", {"train/loss_step": loss_value, "lr": self._lr()})
                     bar.advance(loss_value)
                 else:
                     bar.advance()
@@ -358,18 +391,21 @@ class Fit:
                     interruption.hand_over()
         finally:
             bar.close()
-        metrics = totals.metrics("train", self.top5)  # .item() waits for the device: stop the clock after it
+        metrics = totals.compute("train")  # .item() waits for the device: stop the clock after it
         totals.seconds += time.perf_counter() - tic
         self._check_finite(metrics["train/loss"], epoch)
         metrics["train/samples_per_s"] = round(totals.seen / max(totals.seconds, 1e-9), 1)
         return metrics
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else nullcontext())
-        with autocast:
-            logits = self.forward(images)
-            loss = self.loss(logits, labels)
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _step(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any]:
+        with self._autocast():
+            output = self.task.forward(self.forward, inputs)
+            loss = self.task.loss(output, target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.trainer.gradient_clip_val is not None:
@@ -379,7 +415,7 @@ class Fit:
         self.scaler.update()
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
-        return loss, logits.detach()
+        return loss, output.detach() if isinstance(output, torch.Tensor) else output
 
     def _save_interrupted(self, batch_index: int, totals: EpochTotals, generator: torch.Generator) -> None:
         progress = self.progress
@@ -389,8 +425,8 @@ class Fit:
         self.save("last.pt")
         log.warning("checkpoint saved mid-epoch %d at step %d: the run resumes from here",
                     progress.epoch + 1, progress.step)
-        if self.on_interrupt is not None:
-            self.on_interrupt()
+        # called before the signal is handed on: on SLURM the job may be killed soon after the hand-over
+        self._call("on_interrupt")
         # a hand-over that returns (a signal submitit ignores) goes on with the same epoch
         progress.batch_in_epoch, progress.partial, progress.generator_state = 0, None, None
 
@@ -401,45 +437,21 @@ class Fit:
                               f"set trainer.gradient_clip_val")
 
     @torch.inference_mode()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, source, split: str) -> dict[str, float]:
+        """The loss and every metric of the task over a split, `<split>/<name>`; the model in eval mode."""
         self.model.eval()
-        totals = EpochTotals.zeros(self.device)
+        totals = EpochTotals.zeros(self.eval_metrics, self.device)
         limit = self.trainer.limit_val_batches
-        for index, (images, labels) in enumerate(self.val_data.batches(self.trainer.eval_batch_size)):
+        for index, batch in enumerate(source.batches(self.trainer.eval_batch_size)):
             if limit is not None and index >= limit:
                 break
-            with (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                  if self.autocast_dtype is not None else nullcontext()):
-                logits = self.forward(images)
-                loss = self.loss(logits, labels)
-            totals.add(logits.float(), labels, loss.float())
+            inputs, target = self.task.unpack(batch)
+            with self._autocast():
+                output = self.task.forward(self.forward, inputs)
+                loss = self.task.loss(output, target)
+            output = output.float() if isinstance(output, torch.Tensor) else output
+            totals.add(self.task, output, target, loss.float())
+            for name, callback in self.eval_batch_hooks:
+                self._call_one(name, callback, "on_eval_batch", split, inputs, output, target)
         self.model.train()
-        return totals.metrics("val", self.top5)
-
-    # ------------------------------------------------------------------ media
-    def _log_histograms(self, loggers: list) -> None:
-        tensors = {}
-        for name, parameter in self.model.named_parameters():
-            tensors[f"weights/{name}"] = parameter
-            if parameter.grad is not None:
-                tensors[f"gradients/{name}"] = parameter.grad
-        for logger in loggers:
-            logger.log_histograms(tensors, self.progress.step)
-
-    @torch.inference_mode()
-    def _log_predictions(self, loggers: list) -> None:
-        if not loggers:
-            return
-        count = self.trainer.num_prediction_samples
-        images, labels = next(iter(self.val_data.batches(count)))
-        self.model.eval()
-        predicted = self.model(images).argmax(1)
-        self.model.train()
-        names = self.dataset.class_names
-        captions = [f"{names[p]} (true {names[t]}) {'✓' if p == t else '✗'}"
-                    for p, t in zip(predicted.tolist(), labels.tolist())]
-        low = images.amin(dim=(1, 2, 3), keepdim=True)
-        high = images.amax(dim=(1, 2, 3), keepdim=True)
-        shown = ((images - low) / (high - low).clamp_min(1e-8)).float().contiguous()
-        for logger in loggers:
-            logger.log_predictions("val/predictions", shown, captions, self.progress.step)
+        return totals.compute(split)

@@ -14,7 +14,6 @@ class Objective:
         self.epoch: int | None = None
         self.metrics: dict[str, Any] = {}
         self.last: float | None = None
-        self._reference: float | None = None  # best value that counted as an improvement for early stopping
 
     @property
     def worst(self) -> float:
@@ -30,21 +29,16 @@ class Objective:
     def reached(self, value: float, threshold: float) -> bool:
         return value >= threshold if self.maximize else value <= threshold
 
-    def update(self, value: float, epoch: int, row: dict[str, Any], min_delta: float = 0.0) -> tuple[bool, bool]:
-        """Record an evaluation; returns (is the new best, improved by more than min_delta)."""
+    def update(self, value: float, epoch: int, row: dict[str, Any]) -> bool:
+        """Record an evaluation; returns whether it is the new best."""
         self.last = value
         is_best = self.better(value, self.value)
         if is_best:
             self.value, self.epoch, self.metrics = value, epoch, dict(row)
-        improved = self.better(value, self._reference, min_delta)
-        if improved:
-            self._reference = value
-        return is_best, improved
+        return is_best
 
     def state(self) -> dict[str, Any]:
-        return {"value": self.value, "epoch": self.epoch, "metrics": self.metrics, "last": self.last,
-                "reference": self._reference}
+        return {"value": self.value, "epoch": self.epoch, "metrics": self.metrics, "last": self.last}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.value, self.epoch, self.metrics = state["value"], state["epoch"], state["metrics"]
-        self.last, self._reference = state["last"], state["reference"]
+        self.value, self.epoch, self.metrics, self.last = state["value"], state["epoch"], state["metrics"], state["last"]

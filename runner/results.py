@@ -7,7 +7,9 @@ import io
 import json
 import math
 import os
+import subprocess
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,6 +18,20 @@ METRICS_FILE = "metrics.csv"
 FINAL_STATUSES = ("completed", "pruned")
 # in a sweep folder: present once a trial failed while fail_fast is on; later trials do not start
 FAIL_FAST_MARKER = ".fail_fast"
+
+
+def git_commit() -> str | None:
+    """The runner's own git commit, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> None:

@@ -6,20 +6,17 @@
 from __future__ import annotations
 
 import logging
-import math
 import shutil
-import subprocess
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from runner import config as config_checks
-from runner.errors import RunnerError, TrialFailed
-from runner.results import FAIL_FAST_MARKER, FINAL_STATUSES, read_result, write_json_atomic
+from runner.callbacks import ResultRecord, build_callbacks, worst_value
+from runner.errors import TrialFailed
+from runner.results import FAIL_FAST_MARKER, FINAL_STATUSES, read_result
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +54,6 @@ class RunContext:
         )
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 def train(cfg: DictConfig, context: RunContext | None = None) -> float:
     """Train the experiment `cfg` describes; return its objective value.
 
@@ -88,7 +72,7 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
     if trainer.resume == "never":
         _move_aside(run_dir)
 
-    record = Record(cfg, context)
+    record = ResultRecord(cfg, run_dir, context.overrides)
     try:
         _stop_if_sweep_failed(context, cfg)
         value = _fit(cfg, trainer, context, record)
@@ -100,7 +84,7 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
                 marker.write_text(f"{context.trial}: {error}\n")
             raise
         log.error("trial %s failed: %s", context.trial, error)
-        return -math.inf if cfg.objective.goal == "maximize" else math.inf
+        return worst_value(cfg.objective.goal)
     return value
 
 
@@ -122,9 +106,7 @@ def _returned_value(result: dict, goal: str) -> float:
     """What the sweeper receives: the best value, or for a pruned trial its last one."""
     objective = result.get("objective") or {}
     value = objective.get("last") if result.get("status") == "pruned" else objective.get("value")
-    if value is None:
-        return -math.inf if goal == "maximize" else math.inf
-    return float(value)
+    return worst_value(goal) if value is None else float(value)
 
 
 def _move_aside(run_dir: Path) -> None:
@@ -138,64 +120,7 @@ def _move_aside(run_dir: Path) -> None:
     log.info("trainer.resume=never: moved the earlier results to %s", archive)
 
 
-class Record:
-    """result.json for one run, rewritten atomically as the run goes."""
-
-    def __init__(self, cfg: DictConfig, context: RunContext):
-        self.cfg, self.context = cfg, context
-        self.started = time.monotonic()
-        self.result: dict[str, Any] = {
-            "status": "running",
-            "reason": None,
-            "objective": {"metric": cfg.objective.metric, "goal": cfg.objective.goal,
-                          "value": None, "epoch": None, "last": None},
-            "final_metrics": {},
-            "best_metrics": {},
-            "epochs": 0,
-            "max_epochs": cfg.trainer.max_epochs,
-            "steps": 0,
-            "duration_s": 0.0,
-            "overrides": context.overrides,
-            "run_dir": str(context.run_dir),
-            "git_commit": git_commit(),
-            "started_at": now(),
-            "finished_at": None,
-            "pruned_at_epoch": None,
-        }
-        self.write()
-
-    def write(self) -> None:
-        self.result["duration_s"] = round(time.monotonic() - self.started, 3)
-        write_json_atomic(self.context.run_dir / "result.json", self.result)
-
-    def progress(self, progress, objective) -> None:
-        history = progress.history
-        self.result.update(
-            status="running",  # also after an interruption that the run was allowed to ride out
-            epochs=progress.epoch,
-            steps=progress.step,
-            final_metrics=dict(history[-1]) if history else {},
-            best_metrics=dict(objective.metrics),
-        )
-        self.result["objective"].update(value=objective.value, epoch=objective.epoch, last=objective.last)
-        self.write()
-
-    def finished(self, status: str, reason: str | None) -> None:
-        self.result.update(status=status, reason=reason, finished_at=now())
-        if status == "pruned":
-            self.result["pruned_at_epoch"] = self.result["epochs"]
-        self.write()
-
-    def failed(self, error: BaseException) -> None:
-        reason = str(error) if isinstance(error, RunnerError) else f"{type(error).__name__}: {error}"
-        self.finished("failed", reason)
-
-    def interrupted(self) -> None:
-        self.result.update(status="interrupted", reason="stopped by a signal; run again to resume")
-        self.write()
-
-
-def _fit(cfg: DictConfig, trainer, context: RunContext, record: Record) -> float:
+def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord) -> float:
     # torch and everything built on it load only now: config errors above stay instant
     from hydra.utils import instantiate
 
@@ -205,64 +130,12 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: Record) -> float
     if context.sweep_dir is not None and cfg.pruner:
         pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
                              metric=cfg.objective.metric, goal=cfg.objective.goal)
-    fit = Fit(cfg, trainer, context.run_dir, pruner=pruner, on_epoch_end=record.progress,
-              on_interrupt=record.interrupted, git_commit=record.result["git_commit"])
+    callbacks = build_callbacks(cfg, trainer, record, pruner, in_sweep=context.sweep_dir is not None)
+    fit = Fit(cfg, trainer, context.run_dir, callbacks, git_commit=record.result["git_commit"])
     last = fit.checkpoints / "last.pt"
     if trainer.resume == "auto" and last.exists():
         fit.resume_from(last)
-        record.progress(fit.progress, fit.objective)
-    loggers = [
-        instantiate(node, run_dir=context.run_dir, start_step=fit.progress.step)
-        for node in (cfg.logger or {}).values()
-        if node
-    ]
-    try:
-        for logger in loggers:
-            logger.log_text("config", OmegaConf.to_yaml(cfg))
-        try:
-            outcome = fit.run(loggers)
-        except KeyboardInterrupt:  # a second Ctrl-C, which does not wait for a checkpoint
-            record.interrupted()
-            raise
-        # a sweep's trials are compared in the report's one HParams table (runner.report), which
-        # per-trial tables would duplicate under `tensorboard --logdir SWEEP_DIR`
-        if context.sweep_dir is None and outcome.progress.history:
-            final = {k: v for k, v in outcome.progress.history[-1].items() if "/" in k}
-            for logger in loggers:
-                logger.log_hparams(_hparams(cfg), final)
-    finally:
-        for logger in loggers:
-            logger.close()
-    record.progress(outcome.progress, outcome.objective)
-    record.finished(outcome.status, outcome.reason)
+    outcome = fit.run()
     log.info("%s: %s=%s (best, epoch %s)%s", outcome.status, outcome.objective.metric, outcome.objective.value,
              outcome.objective.epoch, f"; {outcome.reason}" if outcome.reason else "")
     return _returned_value(record.result, cfg.objective.goal)
-
-
-def _hparams(cfg: DictConfig) -> dict[str, Any]:
-    """Every scalar setting of the experiment, flattened (`optimizer.lr`), plus each group's choice."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        elif isinstance(node, (int, float, str, bool)):
-            flat[prefix] = node
-        elif isinstance(node, list):
-            flat[prefix] = str(node)
-
-    for group, node in container.items():
-        if group not in ("paths", "logger"):
-            walk(node, group)
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-        flat.update({group: choice for group, choice in choices.items()
-                     if not group.startswith("hydra") and choice is not None})
-    except ValueError:
-        pass  # composed without Hydra's app (tests): no group choices to add
-    return flat

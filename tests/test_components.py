@@ -9,14 +9,22 @@ from components import datasets, models
 from components.transforms import RandomCropFlip
 
 SHAPES = [(1, 28), (3, 32)]
-MODELS = [models.MLP, models.LeNet5, models.TutorialCNN, models.resnet18]
+MODELS = {
+    "MLP": lambda channels, size: models.MLP(num_outputs=10),
+    "MLP(input_dim)": lambda channels, size: models.MLP(num_outputs=10, input_dim=channels * size * size),
+    "LeNet5": lambda channels, size: models.LeNet5(in_channels=channels, image_size=size, num_classes=10),
+    "TutorialCNN": lambda channels, size: models.TutorialCNN(in_channels=channels, image_size=size, num_classes=10),
+    "SmallCNN": lambda channels, size: models.SmallCNN(in_channels=channels, num_classes=10),
+    "resnet18": lambda channels, size: models.resnet18(in_channels=channels, image_size=size, num_classes=10),
+}
 
 
 @pytest.mark.parametrize("channels,size", SHAPES)
-@pytest.mark.parametrize("make_model", MODELS, ids=lambda m: m.__name__)
-def test_every_model_trains_a_step_on_every_shape(make_model, channels, size):
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_trains_a_step_on_every_shape(name, channels, size):
     torch.manual_seed(0)
-    model = make_model(in_channels=channels, image_size=size, num_classes=10)
+    model = MODELS[name](channels, size)
+    model(torch.zeros(1, channels, size, size))  # lazy layers take their size from a first batch
     images, labels = torch.randn(4, channels, size, size), torch.tensor([0, 1, 2, 3])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     before = [p.detach().clone() for p in model.parameters()]
@@ -30,11 +38,11 @@ def test_every_model_trains_a_step_on_every_shape(make_model, channels, size):
 def test_mnist_5k_is_a_stratified_fixed_split(tmp_path):
     data = datasets.mnist_5k(root=str(tmp_path), channels=1, image_size=28, num_classes=10)
     assert (len(data.train), len(data.val)) == (4000, 1000)
-    counts = torch.bincount(data.val.labels, minlength=10).float() / 1000
-    overall = torch.bincount(torch.cat([data.train.labels, data.val.labels]), minlength=10).float() / 5000
+    counts = torch.bincount(data.val.targets, minlength=10).float() / 1000
+    overall = torch.bincount(torch.cat([data.train.targets, data.val.targets]), minlength=10).float() / 5000
     assert torch.allclose(counts, overall, atol=0.01)
     again = datasets.mnist_5k(root=str(tmp_path), channels=1, image_size=28, num_classes=10)
-    assert torch.equal(again.val.labels, data.val.labels)
+    assert torch.equal(again.val.targets, data.val.targets)
     assert (tmp_path / "runner_cache" / "mnist_5k.pt").exists()
 
 
@@ -46,9 +54,9 @@ def test_declared_shape_is_checked(tmp_path):
 @pytest.mark.parametrize("name", ["MNIST", "FashionMNIST", "KMNIST"])
 def test_torchvision_datasets_read_idx_files_offline(mnist_root, name):
     data = datasets.torchvision_images(name, root=str(mnist_root), channels=1, image_size=28, num_classes=10, download=False)
-    assert data.train.images.shape == (64, 1, 28, 28) and data.val.images.shape == (32, 1, 28, 28)
-    assert data.train.images.dtype == torch.uint8
-    assert data.train.labels[:10].tolist() == list(range(10))
+    assert data.train.inputs.shape == (64, 1, 28, 28) and data.val.inputs.shape == (32, 1, 28, 28)
+    assert data.train.inputs.dtype == torch.uint8
+    assert data.train.targets[:10].tolist() == list(range(10))
 
 
 def test_missing_dataset_names_the_folder_and_the_offline_option(tmp_path):
@@ -61,7 +69,7 @@ def test_missing_dataset_names_the_folder_and_the_offline_option(tmp_path):
 def test_synthetic_is_reproducible():
     a = datasets.synthetic(channels=3, image_size=32, num_classes=4, seed=1)
     b = datasets.synthetic(channels=3, image_size=32, num_classes=4, seed=1)
-    assert torch.equal(a.train.images, b.train.images) and a.train.images.shape == (256, 3, 32, 32)
+    assert torch.equal(a.train.inputs, b.train.inputs) and a.train.inputs.shape == (256, 3, 32, 32)
 
 
 def test_random_crop_flip_keeps_shape_and_moves_pixels():

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
+import yaml
 from omegaconf import OmegaConf
 
 from runner.config import validate
 from runner.errors import ConfigError
 from tests.conftest import CONF
 
-GROUPS = ["dataset", "model", "loss", "optimizer", "scheduler", "logger", "trainer", "objective", "pruner", "experiment", "sweep"]
+GROUPS = ["dataset", "model", "task", "loss", "optimizer", "scheduler", "logger", "callbacks", "trainer", "objective",
+          "pruner", "experiment", "sweep"]
 
 
 def options(group: str) -> list[str]:
@@ -18,12 +21,13 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(compose_cfg, group, option):
-    cfg = compose_cfg([f"{group}={option}"])
+    cfg = compose_cfg([f"{group}={option}", *companions(group, option)])
     OmegaConf.to_container(cfg, resolve=True)
     validate(cfg)
 
 
-@pytest.mark.parametrize("group", ["dataset", "model", "loss", "optimizer", "scheduler", "logger", "trainer", "objective", "pruner"])
+@pytest.mark.parametrize("group", ["dataset", "model", "task", "loss", "optimizer", "scheduler", "logger", "callbacks",
+                                   "trainer", "objective", "pruner"])
 def test_every_group_has_options(group):
     assert options(group), f"conf/{group}/ has no options"
 
@@ -56,7 +60,7 @@ def test_loggers_are_named_entries(compose_cfg):
         ("trainer.device=tpu", "trainer.device='tpu' is not allowed"),
         ("trainer.resume=maybe", "trainer.resume='maybe' is not allowed; use one of: auto, never"),
         ("objective.goal=up", "objective.goal='up' is not allowed; use one of: maximize, minimize"),
-        ("loss.input=scores", "loss.input='scores' is not allowed; use one of: logits, log_probs, probs"),
+        ("loss.tasks.classification=fast", "loss.tasks must map each task the loss fits to its settings"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(compose_cfg, override, message):
@@ -78,14 +82,49 @@ def test_goal_error_from_a_resolver_reads_the_same(compose_cfg):
     assert "objective.goal='up' is not allowed; use one of: maximize, minimize" in str(error.value)
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_builds_its_targets_and_fits_its_model(compose_cfg, group, option):
-    """Every _target_ imports and takes the keys it is given; model and loss fit the dataset's shape."""
-    from runner.build import build, build_loss, check_targets, probe
+# what an option needs besides itself to make a whole experiment: a table needs a model for tables,
+# a regression loss a regression task and data
+TASK_COMPANIONS = {"regression": ["task=regression", "dataset=diabetes", "model=mlp"],
+                   "multilabel": ["task=multilabel", "dataset=synthetic_multilabel", "model=mlp"]}
+COMPANIONS = {
+    ("dataset", "breast_cancer"): ["model=mlp"],
+    ("dataset", "wine"): ["model=mlp"],
+    ("dataset", "digits"): ["model=small_cnn"],
+    ("dataset", "diabetes"): TASK_COMPANIONS["regression"],
+    ("dataset", "linnerud"): TASK_COMPANIONS["regression"],
+    ("dataset", "synthetic_multilabel"): TASK_COMPANIONS["multilabel"],
+    ("task", "regression"): TASK_COMPANIONS["regression"],
+    ("task", "multilabel"): TASK_COMPANIONS["multilabel"],
+}
 
-    cfg = compose_cfg([f"{group}={option}"])
+
+def companions(group: str, option: str) -> list[str]:
+    if group == "loss":
+        tasks = list(yaml.safe_load((CONF / "loss" / f"{option}.yaml").read_text())["tasks"])
+        return [] if "classification" in tasks else TASK_COMPANIONS[tasks[0]]
+    return COMPANIONS.get((group, option), [])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_builds_its_targets_and_fits_its_model(compose_cfg, data_dir, group, option):
+    """Every _target_ imports and takes the keys it is given; model, task, loss and metrics fit a real
+    batch of the data (datasets that download are stood in for by synthetic images of their declared shape)."""
+    from components.datasets import synthetic
+    from runner.build import bind_loss, build, check_objective, check_targets, probe
+    from runner.config import typed_trainer
+    from runner.data import make_source
+
+    cfg = compose_cfg([f"{group}={option}", *companions(group, option), f"paths.data_dir={data_dir}"])
     check_targets(cfg)
-    probe(build(cfg.model, "model"), build_loss(cfg), cfg)
+    task = build(cfg.task, "task")
+    bind_loss(task, cfg)
+    check_objective(cfg, task)
+    if cfg.dataset._target_ == "components.datasets.torchvision_images":
+        data = synthetic(cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.num_classes)
+    else:
+        data = build(cfg.dataset, "dataset")
+    source = make_source(data.train, data, torch.device("cpu"), typed_trainer(cfg), channels_last=False)
+    probe(build(cfg.model, "model"), task, next(source.batches(16)), cfg)
 
 
 @pytest.mark.parametrize("logger", options("logger"))

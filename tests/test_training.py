@@ -92,8 +92,8 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(compose_cfg, tmp_pat
     drop = ("time_s", "train/samples_per_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in whole] == \
            [{k: v for k, v in r.items() if k not in drop} for r in cut]
-    weights_whole = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=False)["model"]
-    weights_cut = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)["model"]
+    weights_whole = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=True)["model"]
+    weights_cut = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.equal(weights_whole[k], weights_cut[k]) for k in weights_whole)
 
 
@@ -195,15 +195,15 @@ def test_wrong_objective_metric_lists_the_metrics_that_exist(compose_cfg, tmp_pa
 def test_model_that_does_not_fit_the_dataset_is_refused_before_data_loads(compose_cfg, tmp_path):
     from runner.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="model components.models.LeNet5 does not fit"):
+    with pytest.raises(ConfigError, match="model components.models.LeNet5 fails on a batch of dataset"):
         fit(compose_cfg, tmp_path, [*TINY, "model=lenet", "model.image_size=64"])
 
 
 def test_loss_that_does_not_fit_the_task_is_refused(compose_cfg, tmp_path):
     from runner.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="loss torch.nn.MSELoss .* does not fit"):
-        fit(compose_cfg, tmp_path, [*TINY, "loss=mse", "loss.target=index"])
+    with pytest.raises(ConfigError, match="loss torch.nn.MSELoss does not fit the output of model"):
+        fit(compose_cfg, tmp_path, [*TINY, "loss=mse", "loss.tasks.classification.target=index"])
 
 
 def test_unknown_key_of_a_target_is_named_with_its_parameters(compose_cfg, tmp_path):
@@ -225,12 +225,11 @@ def synthetic_as_datasets(**settings):
     from components.datasets import from_datasets, synthetic
 
     data = synthetic(**settings)
-    mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
 
     def as_dataset(split):
-        return torch.utils.data.TensorDataset((split.images.float() / 255 - mean) / std, split.labels)
+        return torch.utils.data.TensorDataset(data.preprocess(split.inputs), split.targets)
 
-    return from_datasets(as_dataset(data.train), as_dataset(data.val), data.channels, data.image_size, data.num_classes)
+    return from_datasets(as_dataset(data.train), as_dataset(data.val))
 
 
 def test_dataloader_path_with_persistent_workers_matches_the_in_memory_path(compose_cfg, tmp_path):
@@ -241,3 +240,10 @@ def test_dataloader_path_with_persistent_workers_matches_the_in_memory_path(comp
     assert loaded == pytest.approx(in_memory)
     memory_rows, loader_rows = read_metrics(tmp_path / "memory"), read_metrics(tmp_path / "loader")
     assert [r["train/loss"] for r in loader_rows] == pytest.approx([r["train/loss"] for r in memory_rows], rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet", "cnn", "small_cnn", "resnet18"])
+def test_every_image_model_option_trains(compose_cfg, tmp_path, model):
+    """mlp on images infers its input size from the first batch (a lazy layer)."""
+    fit(compose_cfg, tmp_path, [*TINY, f"model={model}", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])
+    assert read_result(tmp_path)["status"] == "completed"

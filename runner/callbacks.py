@@ -1,0 +1,420 @@
+"""Training callbacks: what happens around the loop's epochs, each in a small class with its own state.
+
+The loop (runner.fit.Fit) trains and evaluates; after every epoch it asks each callback in order,
+and the first one that returns a `Stop` (or a reason string) ends the run after that epoch. A
+callback overrides only the hooks it needs; each gets the running `Fit` (its `model`, `optimizer`,
+`task`, `progress`, `objective`, `run_dir`, `cfg`, `stop`, `evaluated`, ...):
+
+    on_fit_start(fit)                               after building and resuming, before the first epoch
+    on_log_step(fit, scalars)                       every trainer.log_every_n_steps optimizer steps
+    on_eval_batch(fit, split, inputs, output, target)  for every evaluated batch ("val", "test")
+    on_epoch_end(fit, metrics) -> Stop | str | None  after each epoch; `metrics` is its metrics.csv row
+    on_interrupt(fit)                               once the checkpoint of a signal is saved
+    on_exception(fit, error)                        when the run fails or is interrupted by an exception
+    on_fit_end(fit, outcome)                        when the run ends as completed or pruned
+    state_dict() / load_state_dict(state)           saved in, and restored from, the checkpoint
+
+Users add their own under the `callbacks` config group, as named entries with a `_target_`; they
+run after the built-in stopping rules and before checkpointing, logging of the record and the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import RunnerError
+from runner.results import git_commit, now, write_json_atomic, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A callback's decision to end the run after this epoch: `completed` (a stopping rule) or `pruned`."""
+
+    reason: str
+    status: str = "completed"
+
+
+class Callback:
+    """The hooks, each doing nothing; subclass and override what you need."""
+
+    def on_fit_start(self, fit) -> None: ...
+
+    def on_log_step(self, fit, scalars: dict[str, float]) -> None: ...
+
+    def on_eval_batch(self, fit, split: str, inputs: Any, output: Any, target: Any) -> None: ...
+
+    def on_epoch_end(self, fit, metrics: dict[str, float]) -> Stop | str | None: ...
+
+    def on_interrupt(self, fit) -> None: ...
+
+    def on_exception(self, fit, error: BaseException) -> None: ...
+
+    def on_fit_end(self, fit, outcome) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# ---------------------------------------------------------------- stopping rules
+
+
+class ObjectiveThreshold(Callback):
+    """Stop once the objective reaches `threshold` in its goal's direction (Ray Tune's `stop`)."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def on_epoch_end(self, fit, metrics):
+        if fit.evaluated:
+            value = metrics[fit.objective.metric]
+            if fit.objective.reached(value, self.threshold):
+                return Stop(f"{fit.objective.metric}={value:.4g} reached trainer.stop.objective_threshold={self.threshold}")
+        return None
+
+
+class EarlyStopping(Callback):
+    """Stop when the objective has not improved by more than `min_delta` for `patience` evaluations."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
+        self.reference: float | None = None  # the last value that counted as an improvement
+        self.evals_without_improvement = 0
+
+    def on_epoch_end(self, fit, metrics):
+        if not fit.evaluated:
+            return None
+        value = metrics[fit.objective.metric]
+        if fit.objective.better(value, self.reference, self.min_delta):
+            self.reference, self.evals_without_improvement = value, 0
+        else:
+            self.evals_without_improvement += 1
+        if self.evals_without_improvement >= self.patience:
+            return Stop(f"early stopping: {fit.objective.metric} did not improve for {self.patience} evaluations")
+        return None
+
+    def state_dict(self):
+        return {"reference": self.reference, "evals_without_improvement": self.evals_without_improvement}
+
+    def load_state_dict(self, state):
+        self.reference, self.evals_without_improvement = state["reference"], state["evals_without_improvement"]
+
+
+class TimeBudget(Callback):
+    """Stop once training has taken `seconds` (summed over resumed attempts)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_epoch_end(self, fit, metrics):
+        if fit.progress.train_seconds >= self.seconds:
+            return Stop(f"time budget trainer.stop.time_budget_s={self.seconds} used up")
+        return None
+
+
+class Pruning(Callback):
+    """Report the objective to the sweep's pruner (runner.pruning) after every evaluation; stop if it says so."""
+
+    def __init__(self, pruner):
+        self.pruner = pruner
+
+    def on_epoch_end(self, fit, metrics):
+        # a run already stopping records no rung: its value is no sign of how it would go on
+        if not fit.evaluated or fit.stop is not None:
+            return None
+        decision = self.pruner.report(fit.progress.epoch, metrics[fit.objective.metric])
+        return Stop(decision.reason, "pruned") if decision.stop else None
+
+
+# ---------------------------------------------------------------- checkpoints, loggers, media
+
+
+class Checkpoint(Callback):
+    """best.pt whenever the objective is at its best; last.pt every `every_n_epochs`, at the last epoch
+    and when the run stops."""
+
+    def __init__(self, every_n_epochs: int):
+        self.every_n_epochs = every_n_epochs
+
+    def on_epoch_end(self, fit, metrics):
+        epoch = fit.progress.epoch
+        if fit.is_best:
+            fit.save("best.pt")
+        if fit.stop is not None or epoch % self.every_n_epochs == 0 or epoch == fit.trainer.max_epochs:
+            fit.save("last.pt")
+        return None
+
+
+class Loggers(Callback):
+    """Builds the `logger` entries and hands them the config, step and epoch scalars, and at the end
+    the hyperparameters with the final metrics (a single run's; a sweep's trials are compared in the
+    sweep report's one HParams table, which per-trial tables would duplicate)."""
+
+    def __init__(self, cfg: DictConfig, run_dir, in_sweep: bool):
+        self.cfg, self.run_dir, self.in_sweep = cfg, run_dir, in_sweep
+        self.loggers: list = []
+
+    def on_fit_start(self, fit):
+        from runner.build import build
+
+        self.loggers = [build(node, f"logger.{name}", run_dir=self.run_dir, start_step=fit.progress.step)
+                        for name, node in (self.cfg.logger or {}).items() if node]
+        text = OmegaConf.to_yaml(self.cfg)
+        for logger in self.loggers:
+            logger.log_text("config", text)
+
+    def on_log_step(self, fit, scalars):
+        for logger in self.loggers:
+            logger.log_metrics(scalars, fit.progress.step)
+
+    def on_epoch_end(self, fit, metrics):
+        scalars = {k: v for k, v in metrics.items() if "/" in k or k == "lr"}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, fit.progress.step)
+        return None
+
+    def on_fit_end(self, fit, outcome):
+        history = fit.progress.history
+        if not self.in_sweep and history:
+            final = {k: v for k, v in history[-1].items() if "/" in k}
+            hparams = flat_hparams(self.cfg)
+            for logger in self.loggers:
+                logger.log_hparams(hparams, final)
+        self.close()
+
+    def on_exception(self, fit, error):
+        self.close()
+
+    def close(self) -> None:
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            logger.close()
+
+
+class Media(Callback):
+    """Weight and gradient histograms, and what the task draws from the validation batches (sample
+    images, a confusion matrix, predicted against true), every so many epochs and at the last.
+
+    Media never fail a run: a drawing that raises is logged as a warning, once per kind.
+    """
+
+    def __init__(self, loggers: Loggers, histograms_every_n_epochs: int, predictions_every_n_epochs: int,
+                 num_samples: int):
+        self.loggers = loggers
+        self.histograms_every, self.predictions_every = histograms_every_n_epochs, predictions_every_n_epochs
+        self.num_samples = num_samples
+        self.collector = None
+        self.collecting_epoch: int | None = None
+        self.warned: set[str] = set()
+
+    def _due(self, fit, epoch: int, every: int) -> bool:
+        return bool(self.loggers.loggers) and (epoch % every == 0 or epoch == fit.trainer.max_epochs)
+
+    def on_eval_batch(self, fit, split, inputs, output, target):
+        epoch = fit.progress.epoch + 1  # the epoch being evaluated
+        if split != "val" or not self._due(fit, epoch, self.predictions_every):
+            return
+        if self.collecting_epoch != epoch:
+            self.collector = self._safely("media", lambda: fit.task.media(self.num_samples))
+            self.collecting_epoch = epoch
+        if self.collector is not None:
+            self._safely("media", lambda: self.collector.add(inputs, output, target))
+
+    def on_epoch_end(self, fit, metrics):
+        epoch, step = fit.progress.epoch, fit.progress.step
+        if self._due(fit, epoch, self.histograms_every):
+            self._safely("histograms", lambda: self._log_histograms(fit))
+        if self.collector is not None and self.collecting_epoch == epoch:
+            items = self._safely("media", lambda: self.collector.render(getattr(fit.data, "class_names", None)))
+            for item in items or []:
+                for logger in self.loggers.loggers:
+                    self._safely(f"media {item.tag}", lambda: item.log_to(logger, step))
+                _close_figure(getattr(item, "figure", None))
+        self.collector = None
+        return None
+
+    def _log_histograms(self, fit) -> None:
+        tensors = {}
+        for name, parameter in fit.model.named_parameters():
+            tensors[f"weights/{name}"] = parameter
+            if parameter.grad is not None:
+                tensors[f"gradients/{name}"] = parameter.grad
+        for logger in self.loggers.loggers:
+            logger.log_histograms(tensors, fit.progress.step)
+
+    def _safely(self, kind: str, draw):
+        try:
+            return draw()
+        except Exception as error:  # media are a view on the run, never a reason to lose it
+            if kind not in self.warned:
+                self.warned.add(kind)
+                log.warning("could not log %s (%s: %s); the run goes on without it", kind, type(error).__name__, error)
+            return None
+
+
+def _close_figure(figure) -> None:
+    if figure is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+
+# ---------------------------------------------------------------- the record
+
+
+class ResultRecord(Callback):
+    """result.json and metrics.csv for one run, rewritten atomically as the run goes.
+
+    Created before anything is built, so that a run that fails to build is recorded as failed too.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir, overrides: list[str]):
+        self.run_dir = run_dir
+        self.started = time.monotonic()
+        self.columns: list[str] = []
+        self.result: dict[str, Any] = {
+            "status": "running",
+            "reason": None,
+            "objective": {"metric": cfg.objective.metric, "goal": cfg.objective.goal,
+                          "value": None, "epoch": None, "last": None},
+            "final_metrics": {},
+            "best_metrics": {},
+            "epochs": 0,
+            "max_epochs": cfg.trainer.max_epochs,
+            "steps": 0,
+            "duration_s": 0.0,
+            "overrides": list(overrides),
+            "run_dir": str(run_dir),
+            "git_commit": git_commit(),
+            "started_at": now(),
+            "finished_at": None,
+            "pruned_at_epoch": None,
+        }
+        self.write()
+
+    def write(self) -> None:
+        self.result["duration_s"] = round(time.monotonic() - self.started, 3)
+        write_json_atomic(self.run_dir / "result.json", self.result)
+
+    def progress(self, fit) -> None:
+        """Where the run stands: its epochs, steps, metrics and best objective."""
+        history, objective = fit.progress.history, fit.objective
+        self.columns = fit.csv_columns
+        self.result.update(
+            status="running",  # also after an interruption that the run was allowed to ride out
+            epochs=fit.progress.epoch,
+            steps=fit.progress.step,
+            final_metrics=dict(history[-1]) if history else {},
+            best_metrics=dict(objective.metrics),
+        )
+        self.result["objective"].update(value=objective.value, epoch=objective.epoch, last=objective.last)
+        if history:
+            write_metrics(self.run_dir, history, self.columns)
+        self.write()
+
+    def on_fit_start(self, fit):
+        self.progress(fit)
+
+    def on_epoch_end(self, fit, metrics):
+        self.progress(fit)
+        return None
+
+    def on_interrupt(self, fit):
+        self.result.update(status="interrupted", reason="stopped by a signal; run again to resume")
+        self.write()
+
+    def on_exception(self, fit, error):
+        if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C, which does not wait for a checkpoint
+            self.on_interrupt(fit)
+        elif isinstance(error, Exception):
+            self.failed(error)
+
+    def on_fit_end(self, fit, outcome):
+        self.progress(fit)
+        self.finished(outcome.status, outcome.reason)
+
+    def finished(self, status: str, reason: str | None) -> None:
+        self.result.update(status=status, reason=reason, finished_at=now())
+        if status == "pruned":
+            self.result["pruned_at_epoch"] = self.result["epochs"]
+        self.write()
+
+    def failed(self, error: BaseException) -> None:
+        reason = str(error) if isinstance(error, RunnerError) else f"{type(error).__name__}: {error}"
+        self.finished("failed", reason)
+
+
+# ---------------------------------------------------------------- assembly
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """Every scalar setting of the experiment, flattened (`optimizer.lr`), plus each group's choice."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(node, (int, float, str, bool)):
+            flat[prefix] = node
+        elif isinstance(node, list):
+            flat[prefix] = str(node)
+
+    for group, node in container.items():
+        if group not in ("paths", "logger", "callbacks"):
+            walk(node, group)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+        flat.update({group: choice for group, choice in choices.items()
+                     if not group.startswith("hydra") and choice is not None})
+    except ValueError:
+        pass  # composed without Hydra's app (tests): no group choices to add
+    return flat
+
+
+def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, in_sweep: bool) -> dict[str, Any]:
+    """The run's callbacks by name, in the order they are asked: stopping rules, the user's own,
+    pruning, loggers and media, checkpoints, and the record last (it sees every decision)."""
+    from runner.build import build
+
+    callbacks: dict[str, Any] = {}
+    if trainer.stop.objective_threshold is not None:
+        callbacks["objective_threshold"] = ObjectiveThreshold(trainer.stop.objective_threshold)
+    if trainer.early_stopping.patience is not None:
+        callbacks["early_stopping"] = EarlyStopping(trainer.early_stopping.patience, trainer.early_stopping.min_delta)
+    builtin = {"objective_threshold", "early_stopping", "pruning", "time_budget", "loggers", "media", "checkpoint",
+               "record"}
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not node:
+            continue
+        if name in builtin:
+            raise RunnerError(f"callbacks.{name}: the name is taken by a built-in callback; "
+                              f"use another ({', '.join(sorted(builtin))} are taken)")
+        callbacks[name] = build(node, f"callbacks.{name}")
+    if pruner is not None:
+        callbacks["pruning"] = Pruning(pruner)
+    if trainer.stop.time_budget_s is not None:
+        callbacks["time_budget"] = TimeBudget(trainer.stop.time_budget_s)
+    loggers = Loggers(cfg, record.run_dir, in_sweep)
+    callbacks["loggers"] = loggers
+    callbacks["media"] = Media(loggers, trainer.histograms_every_n_epochs, trainer.predictions_every_n_epochs,
+                               trainer.num_prediction_samples)
+    callbacks["checkpoint"] = Checkpoint(trainer.checkpoint_every_n_epochs)
+    callbacks["record"] = record
+    return callbacks
+
+
+def worst_value(goal: str) -> float:
+    return -math.inf if goal == "maximize" else math.inf
