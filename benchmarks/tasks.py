@@ -1,0 +1,112 @@
+"""Benchmark: every task's experiment preset on its offline dataset, next to scikit-learn on the same split.
+
+For each preset it runs `python -m runner experiment=<preset>` (the preset's own epochs and settings),
+reads the metrics of the best epoch (by the preset's objective) from result.json, and fits the classic
+scikit-learn model on the very same standardised training split (the runner's own dataset builders
+make it), scored on the same validation split. It prints the table and writes OUT/summary.json;
+it asserts nothing.
+
+    python benchmarks/tasks.py                      # every preset
+    python benchmarks/tasks.py regression digits    # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# preset: (dataset builder call, the metric reported, what the issue asks of it, the scikit-learn model)
+PRESETS = {
+    "tabular_classification": ("breast_cancer", "val/acc", ">= 0.97", "LogisticRegression"),
+    "digits": ("digits", "val/acc", ">= 0.96", "LogisticRegression"),
+    "regression": ("diabetes", "val/r2", ">= 0.30", "LinearRegression"),
+    "multioutput_regression": ("linnerud", "val/r2", "", "LinearRegression"),
+    "multilabel": ("synthetic_multilabel", "val/map", "", "one LogisticRegression per label"),
+}
+
+
+def load(name: str):
+    from components import datasets
+
+    if name == "digits":
+        return datasets.sklearn_digits(channels=1, image_size=8, num_classes=10)
+    if name == "breast_cancer":
+        return datasets.sklearn_classification("breast_cancer", input_dim=30, num_classes=2)
+    if name == "diabetes":
+        return datasets.sklearn_regression("diabetes", input_dim=10, num_outputs=1)
+    if name == "linnerud":
+        return datasets.sklearn_regression("linnerud", input_dim=3, num_outputs=3)
+    return datasets.sklearn_multilabel(input_dim=20, num_labels=5)
+
+
+def sklearn_score(name: str, metric: str) -> float:
+    """The scikit-learn model of PRESETS on the runner's standardised train split, scored on its val split."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.metrics import accuracy_score, average_precision_score, r2_score
+    from sklearn.multiclass import OneVsRestClassifier
+
+    data = load(name)
+    x_train = data.preprocess(data.train.inputs).flatten(1).numpy()
+    x_val = data.preprocess(data.val.inputs).flatten(1).numpy()
+    y_train, y_val = data.train.targets.numpy(), data.val.targets.numpy()
+    if metric == "val/acc":
+        model = LogisticRegression(max_iter=5000).fit(x_train, y_train)
+        return accuracy_score(y_val, model.predict(x_val))
+    if metric == "val/r2":
+        return r2_score(y_val, LinearRegression().fit(x_train, y_train).predict(x_val))
+    model = OneVsRestClassifier(LogisticRegression(max_iter=5000)).fit(x_train, y_train)
+    return average_precision_score(y_val, model.predict_proba(x_val), average="macro")
+
+
+def run_preset(preset: str, out: Path) -> dict:
+    run_dir = out / preset
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "runner", f"experiment={preset}", f"hydra.run.dir={run_dir}",
+                           "logger=none"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    if done.returncode != 0:
+        raise SystemExit(f"experiment={preset} failed:\n{done.stderr[-3000:]}")
+    result = json.loads((run_dir / "result.json").read_text())
+    return {"wall_s": round(time.monotonic() - started, 1), "epochs": result["epochs"],
+            "objective": result["objective"], "best_metrics": result["best_metrics"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("presets", nargs="*", help=f"presets to run, of {', '.join(PRESETS)} (default: all)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the runs and summary.json")
+    args = parser.parse_args()
+    unknown = [p for p in args.presets if p not in PRESETS]
+    if unknown:
+        parser.error(f"unknown preset {unknown[0]!r}; use some of: {', '.join(PRESETS)}")
+    out = args.out or REPO / "outputs" / "benchmarks" / "tasks" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for preset in args.presets or PRESETS:
+        name, metric, target, baseline = PRESETS[preset]
+        run = run_preset(preset, out)
+        rows.append({"preset": preset, "dataset": name, "metric": metric, "runner": run["best_metrics"][metric],
+                     "best_epoch": run["objective"]["epoch"], "objective": run["objective"]["metric"],
+                     "sklearn": sklearn_score(name, metric), "baseline": baseline, "target": target,
+                     "epochs": run["epochs"], "wall_s": run["wall_s"]})
+        print(f"{preset}: done in {run['wall_s']} s", file=sys.stderr)
+    header = f"{'experiment':<24}{'metric':<9}{'runner':>8}{'sklearn':>9}  {'target':<8}{'best epoch (by)':<22}{'wall':>7}  baseline"
+    print(header)
+    for r in rows:
+        print(f"{r['preset']:<24}{r['metric']:<9}{r['runner']:>8.3f}{r['sklearn']:>9.3f}  {r['target']:<8}"
+              f"{str(r['best_epoch']) + ' of ' + str(r['epochs']) + ' (' + r['objective'] + ')':<22}{r['wall_s']:>6}s  {r['baseline']}")
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\nwritten to {out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()
