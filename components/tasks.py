@@ -10,6 +10,7 @@ config (`task.metrics.<name>`); each split (train, val, test) gets its own copie
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -249,7 +250,10 @@ class ClassificationMedia(MediaCollector):
     def render(self, class_names) -> list:
         media = self.samples.render(class_names)
         if self.confusion is not None and self.confusion.update_called:
-            figure, _ = self.confusion.plot(labels=class_names or None)
+            with warnings.catch_warnings():
+                # torchmetrics hands matplotlib tensors, which numpy 2 converts with a deprecation warning
+                warnings.simplefilter("ignore", DeprecationWarning)
+                figure, _ = self.confusion.plot(labels=class_names or None)
             figure.set_size_inches(*(max(4.0, 0.45 * self.confusion.num_classes + 2),) * 2)
             media.append(Figure("val/confusion_matrix", figure))
         return media

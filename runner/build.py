@@ -26,12 +26,44 @@ LOSS_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "loss"
 
 def check_targets(cfg: DictConfig) -> None:
     """Every `_target_` importable, every key a parameter of it, simple types right; all mistakes at once."""
+    problems = target_problems(cfg)
+    if problems:
+        raise ConfigError(_bullets(problems))
+
+
+def target_problems(cfg: DictConfig) -> list[str]:
     problems: list[str] = []
     for group in GROUPS:
         if group in cfg and cfg[group]:
             _check_node(OmegaConf.to_container(cfg[group], resolve=True), group, group, problems)
+    return problems
+
+
+def build_task(cfg: DictConfig) -> Any:
+    """The task with its loss bound, after every check that needs no data: the targets' parameters,
+    the loss against the task, the objective against the metrics; every mistake found at once."""
+    problems = target_problems(cfg)
+    failures: list[ConfigError] = []  # kept as the cause: their tracebacks go to runner.log
+    task = None
+    if not any(p.startswith(("task.", "loss.")) for p in problems):
+        try:
+            task = build(cfg.task, "task")
+        except ConfigError as error:
+            failures.append(error)
+    if task is not None:
+        try:
+            bind_loss(task, cfg)
+        except ConfigError as error:
+            failures.append(error)
+        problems += objective_problems(cfg, task)
+    problems += [str(error) for error in failures]
     if problems:
-        raise ConfigError("Invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError(_bullets(problems)) from (failures[0] if failures else None)
+    return task
+
+
+def _bullets(problems: list[str]) -> str:
+    return problems[0] if len(problems) == 1 else "Invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
 def _check_node(node: Any, key: str, group: str, problems: list[str]) -> None:
@@ -86,14 +118,26 @@ def _check_type(key: str, value: Any, annotation: Any, problems: list[str]) -> N
 
 
 def build(node: DictConfig, what: str, **kwargs) -> Any:
-    """instantiate() with the failure named: which group, which target, what went wrong."""
+    """instantiate() with the failure named: which group, which target, what went wrong (the
+    underlying error stays the cause, its traceback in runner.log)."""
     try:
         return instantiate(node, **kwargs)
     except Exception as error:
-        cause = error.__cause__ or error
-        target = node.get("_target_", "?")
+        cause = error.__cause__ or error  # Hydra wraps what the target raised
         kind = DataError if what == "dataset" else ConfigError
-        raise kind(f"could not build {what} ({target}): {cause}") from error
+        raise kind(f"could not build {what} ({node.get('_target_', '?')}): {_error_text(cause)}") from error
+
+
+def complete(factory: Any, what: str, target: str, *args, **kwargs) -> Any:
+    """Call a partial (`_partial_: true`) with what the runner supplies, the failure named as build() names it."""
+    try:
+        return factory(*args, **kwargs)
+    except Exception as error:
+        raise ConfigError(f"could not build {what} ({target}): {_error_text(error)}") from error
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if not isinstance(error, (ConfigError, DataError)) else str(error)
 
 
 # ---------------------------------------------------------------- the loss and the task
@@ -149,11 +193,12 @@ def recorded_metrics(task: Any) -> list[str]:
     return names
 
 
-def check_objective(cfg: DictConfig, task: Any) -> None:
+def objective_problems(cfg: DictConfig, task: Any) -> list[str]:
     known = [m for m in recorded_metrics(task) if m != "train/samples_per_s"] + ["lr"]
-    if cfg.objective.metric not in known:
-        raise ConfigError(f"objective.metric={cfg.objective.metric!r} is not a metric this run records; "
-                          f"use one of: {', '.join(known)} (add metrics under task.metrics)")
+    if cfg.objective.metric in known:
+        return []
+    return [f"objective.metric={cfg.objective.metric!r} is not a metric this run records; "
+            f"use one of: {', '.join(known)} (add metrics under task.metrics)"]
 
 
 def shape_of(value: Any) -> str:
@@ -232,7 +277,4 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     extra = {}
     if "steps_per_epoch" in inspect.signature(func).parameters and "steps_per_epoch" not in getattr(factory, "keywords", {}):
         extra["steps_per_epoch"] = steps_per_epoch
-    try:
-        return factory(optimizer, **extra)
-    except Exception as error:
-        raise ConfigError(f"could not build scheduler ({cfg.scheduler.fn._target_}): {error}") from None
+    return complete(factory, "scheduler", cfg.scheduler.fn._target_, optimizer, **extra)

@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import RunnerError
-from runner.results import git_commit, now, write_json_atomic, write_metrics
+from runner.results import BEST_CHECKPOINT, LAST_CHECKPOINT, git_commit, now, write_json_atomic, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,9 @@ class Checkpoint(Callback):
     def on_epoch_end(self, fit, metrics):
         epoch = fit.progress.epoch
         if fit.is_best:
-            fit.save("best.pt")
+            fit.save(BEST_CHECKPOINT)
         if fit.stop is not None or epoch % self.every_n_epochs == 0 or epoch == fit.trainer.max_epochs:
-            fit.save("last.pt")
+            fit.save(LAST_CHECKPOINT)
         return None
 
 
@@ -274,7 +275,8 @@ def _close_figure(figure) -> None:
 class ResultRecord(Callback):
     """result.json and metrics.csv for one run, rewritten atomically as the run goes.
 
-    Created before anything is built, so that a run that fails to build is recorded as failed too.
+    Created before anything is built, so that a run that fails to build is recorded as failed too
+    (with the traceback), except a resume that fails before it resumed: its earlier record stays.
     """
 
     def __init__(self, cfg: DictConfig, run_dir, overrides: list[str]):
@@ -299,11 +301,12 @@ class ResultRecord(Callback):
             "finished_at": None,
             "pruned_at_epoch": None,
         }
-        self.write()
+        self.written = False  # runner.train writes a fresh run's record at once, a resumed run's once it resumed
 
     def write(self) -> None:
         self.result["duration_s"] = round(time.monotonic() - self.started, 3)
         write_json_atomic(self.run_dir / "result.json", self.result)
+        self.written = True
 
     def progress(self, fit) -> None:
         """Where the run stands: its epochs, steps, metrics and best objective."""
@@ -350,6 +353,7 @@ class ResultRecord(Callback):
 
     def failed(self, error: BaseException) -> None:
         reason = str(error) if isinstance(error, RunnerError) else f"{type(error).__name__}: {error}"
+        self.result["traceback"] = "".join(traceback.format_exception(error))
         self.finished("failed", reason)
 
 

@@ -18,9 +18,6 @@ import numpy as np
 import torch
 
 from runner.errors import CheckpointError
-
-LAST = "last.pt"
-BEST = "best.pt"
 # 1: runner 0.1, pickled Python objects (a Progress dataclass, numpy arrays); 2: plain data
 FORMAT_VERSION = 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -83,7 +84,7 @@ def _merge_schema(schema: type, node: Any, where: str) -> DictConfig:
 def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError that lists every mistake found, before anything is built or loaded."""
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
     except InterpolationKeyError as error:
         missing = re.search(r"Interpolation key '([^']+)'", error.msg)
         needed = missing.group(1) if missing else "?"
@@ -96,16 +97,47 @@ def validate(cfg: DictConfig) -> None:
         cause = error.__cause__ if isinstance(error.__cause__, ConfigError) else None
         raise ConfigError(str(cause) if cause else f"the config cannot be resolved: {error}") from None
 
-    problems: list[str] = []
+    problems = [f"{key}={value} is not a finite number" for key, value in leaves(resolved)
+                if isinstance(value, float) and not math.isfinite(value)]
+    typed = {}
     for schema, key in ((TrainerConfig, "trainer"), (ObjectiveConfig, "objective")):
         try:
             _merge_schema(schema, cfg[key], key)
+            typed[key] = True
         except ConfigError as error:
             problems.append(str(error))
+            typed[key] = False
+    # ranges and choices of a group whose types are wrong would only repeat the type error
+    if typed["trainer"]:
+        _check_trainer(cfg.trainer, problems)
+    if typed["objective"]:
+        _choice(problems, "objective.goal", cfg.objective.goal, GOALS)
+
+    lr = cfg.optimizer.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+        problems.append(f"optimizer.lr={lr!r} must be a number > 0")
+
+    for group in ("dataset", "model", "task"):
+        if not isinstance(cfg.get(group), DictConfig) or "_target_" not in cfg[group]:
+            problems.append(f"{group} must name what to build with _target_ (see conf/{group}/)")
+    if "criterion" not in cfg.loss or "_target_" not in (cfg.loss.criterion or {}):
+        problems.append("loss.criterion must name a loss with _target_ (see conf/loss/)")
+    fits = cfg.loss.get("tasks")
+    if fits is not None and not (isinstance(fits, DictConfig) and all(isinstance(v, DictConfig) or v is None
+                                                                       for v in fits.values())):
+        problems.append("loss.tasks must map each task the loss fits to its settings, e.g. "
+                        "{classification: {input: logits, target: index}, regression: {}}")
+
+    if cfg.scheduler:
+        if "fn" not in cfg.scheduler or "_target_" not in (cfg.scheduler.fn or {}):
+            problems.append("scheduler.fn must name a scheduler with _target_ (see conf/scheduler/)")
+        _choice(problems, "scheduler.interval", cfg.scheduler.get("interval"), SCHEDULER_INTERVALS)
+
     if problems:
         raise ConfigError(_bullets(problems))
 
-    trainer, objective = cfg.trainer, cfg.objective
+
+def _check_trainer(trainer: DictConfig, problems: list[str]) -> None:
     at_least_one = ["max_epochs", "batch_size", "eval_batch_size", "eval_every_n_epochs",
                     "checkpoint_every_n_epochs", "log_every_n_steps", "histograms_every_n_epochs",
                     "predictions_every_n_epochs"]
@@ -132,31 +164,6 @@ def validate(cfg: DictConfig) -> None:
     if budget is not None and budget <= 0:
         problems.append(f"trainer.stop.time_budget_s={budget} must be > 0 or null")
 
-    _choice(problems, "objective.goal", objective.goal, GOALS)
-
-    lr = cfg.optimizer.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        problems.append(f"optimizer.lr={lr!r} must be a number > 0")
-
-    for group in ("dataset", "model", "task"):
-        if not isinstance(cfg.get(group), DictConfig) or "_target_" not in cfg[group]:
-            problems.append(f"{group} must name what to build with _target_ (see conf/{group}/)")
-    if "criterion" not in cfg.loss or "_target_" not in (cfg.loss.criterion or {}):
-        problems.append("loss.criterion must name a loss with _target_ (see conf/loss/)")
-    fits = cfg.loss.get("tasks")
-    if fits is not None and not (isinstance(fits, DictConfig) and all(isinstance(v, DictConfig) or v is None
-                                                                       for v in fits.values())):
-        problems.append("loss.tasks must map each task the loss fits to its settings, e.g. "
-                        "{classification: {input: logits, target: index}, regression: {}}")
-
-    if cfg.scheduler:
-        if "fn" not in cfg.scheduler or "_target_" not in (cfg.scheduler.fn or {}):
-            problems.append("scheduler.fn must name a scheduler with _target_ (see conf/scheduler/)")
-        _choice(problems, "scheduler.interval", cfg.scheduler.get("interval"), SCHEDULER_INTERVALS)
-
-    if problems:
-        raise ConfigError(_bullets(problems))
-
 
 def _raw_value(cfg: DictConfig, dotted_key: str) -> Any:
     """A config value as written, interpolations unresolved."""
@@ -164,6 +171,15 @@ def _raw_value(cfg: DictConfig, dotted_key: str) -> Any:
     for part in dotted_key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
+
+
+def leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a plain container: `optimizer.lr`, `optimizer.betas[0]`."""
+    if isinstance(node, dict):
+        return [leaf for key, value in node.items() for leaf in leaves(value, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(node, list):
+        return [leaf for i, value in enumerate(node) for leaf in leaves(value, f"{prefix}[{i}]")]
+    return [(prefix, node)]
 
 
 def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:

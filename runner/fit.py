@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint
-from runner.build import bind_loss, build, build_scheduler, check_objective, check_targets, probe, recorded_metrics
+from runner.build import build, build_scheduler, build_task, complete, probe, recorded_metrics
 from runner.callbacks import Callback, Stop
 from runner.config import TrainerConfig
 from runner.data import batches_per_epoch, epoch_generator, make_source
@@ -30,6 +30,7 @@ from runner.errors import ConfigError, RunnerError, TrialFailed
 from runner.interrupt import Interruption
 from runner.objective import Objective
 from runner.progress import EpochProgress
+from runner.results import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -185,17 +186,14 @@ class Fit:
                  git_commit: str | None = None):
         self.cfg, self.trainer, self.run_dir = cfg, trainer, run_dir
         self.git_commit = git_commit  # stored in every checkpoint
-        self.checkpoints = run_dir / "checkpoints"
+        self.checkpoints = run_dir / CHECKPOINT_DIR
         self.callbacks = callbacks
         self.device = resolve_device(trainer.device)
         seed_everything(trainer.seed, trainer.deterministic)
         if self.device.type == "cpu":
             keep_cpu_buffers_mapped()
 
-        check_targets(cfg)
-        self.task = build(cfg.task, "task")
-        bind_loss(self.task, cfg)
-        check_objective(cfg, self.task)
+        self.task = build_task(cfg)
         self.csv_columns = ["epoch", "step", "time_s", "lr", *recorded_metrics(self.task)]
         self.objective = Objective(cfg.objective.metric, cfg.objective.goal)
 
@@ -212,7 +210,8 @@ class Fit:
         if self.channels_last:  # after the probe: lazy layers have their sizes only then
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if trainer.compile else self.model
-        self.optimizer = build(cfg.optimizer, "optimizer")(self.model.parameters())
+        self.optimizer = complete(build(cfg.optimizer, "optimizer"), "optimizer", cfg.optimizer._target_,
+                                  self.model.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.scheduler_interval = cfg.scheduler.get("interval") if cfg.scheduler else None
         self.scheduler_monitor = cfg.scheduler.get("monitor") if cfg.scheduler else None
@@ -229,13 +228,18 @@ class Fit:
         self.eval_batch_hooks = self._hooked("on_eval_batch")
 
     # ------------------------------------------------------------------ checkpoints
-    def resume_from(self, path: Path) -> None:
-        state = checkpoint.load(path)
+    def resume_from(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint's state (runner.checkpoint.load; runner.resume checked its config)."""
+        from runner.resume import continue_scheduler, scheduler_changed
+
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and state.get("scheduler") is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
+                if scheduler_changed(OmegaConf.create(state["config"]), self.cfg):
+                    continue_scheduler(self.scheduler, state["scheduler"])
+                else:
+                    self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, KeyError, ValueError) as error:
             raise ConfigError(
@@ -422,7 +426,7 @@ class Fit:
         progress.batch_in_epoch = batch_index
         progress.partial = totals.state()
         progress.generator_state = generator.get_state()
-        self.save("last.pt")
+        self.save(LAST_CHECKPOINT)
         log.warning("checkpoint saved mid-epoch %d at step %d: the run resumes from here",
                     progress.epoch + 1, progress.step)
         # called before the signal is handed on: on SLURM the job may be killed soon after the hand-over

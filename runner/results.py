@@ -15,6 +15,9 @@ from typing import Any, Iterable
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
 FINAL_STATUSES = ("completed", "pruned")
 # in a sweep folder: present once a trial failed while fail_fast is on; later trials do not start
 FAIL_FAST_MARKER = ".fail_fast"

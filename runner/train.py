@@ -6,22 +6,24 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner import config as config_checks
 from runner.callbacks import ResultRecord, build_callbacks, worst_value
-from runner.errors import TrialFailed
-from runner.results import FAIL_FAST_MARKER, FINAL_STATUSES, read_result
+from runner.errors import RunnerError, TrialFailed
+from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LAST_CHECKPOINT, read_result,
+                            write_text_atomic)
 
 log = logging.getLogger(__name__)
 
 # what a fresh start moves aside (never deletes) when trainer.resume=never
-RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl")
+RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl", ".hydra")
 
 
 @dataclass
@@ -39,6 +41,18 @@ class RunContext:
     @property
     def fail_fast_marker(self) -> Path | None:
         return self.sweep_dir / FAIL_FAST_MARKER if self.sweep_dir is not None else None
+
+    def mark_failed(self, error: BaseException) -> None:
+        """With fail_fast, tell the sweep's later trials not to start: the first failure writes the marker."""
+        marker = self.fail_fast_marker
+        if marker is None:
+            return
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return  # an earlier failure is the one that counts
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{self.trial}: {error}\n")
 
     @classmethod
     def from_hydra(cls) -> "RunContext":
@@ -72,20 +86,45 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
     if trainer.resume == "never":
         _move_aside(run_dir)
 
+    # a resume changes nothing on disk until it has succeeded (runner.resume checks it first); a
+    # fresh run is recorded from its start, so that a failure to build it is recorded too
+    resuming = trainer.resume == "auto" and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).exists()
     record = ResultRecord(cfg, run_dir, context.overrides)
+    if not resuming:
+        save_run_config(cfg, run_dir)
+        record.write()
     try:
         _stop_if_sweep_failed(context, cfg)
-        value = _fit(cfg, trainer, context, record)
+        value = _fit(cfg, trainer, context, record, resuming)
     except Exception as error:
-        record.failed(error)
+        # the whole traceback goes to runner.log (the console shows the message alone)
+        log.error("%s failed: %s", f"trial {context.trial}" if context.trial else "the run", error, exc_info=error)
+        if record.written:
+            record.failed(error)
         if context.sweep_dir is None or cfg.fail_fast:
-            marker = context.fail_fast_marker
-            if marker is not None and not marker.exists():
-                marker.write_text(f"{context.trial}: {error}\n")
-            raise
-        log.error("trial %s failed: %s", context.trial, error)
+            context.mark_failed(error)
+            if isinstance(error, RunnerError):
+                raise
+            raise TrialFailed(f"{type(error).__name__}: {error} (the traceback is in {run_dir / 'runner.log'})") from error
         return worst_value(cfg.objective.goal)
     return value
+
+
+def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """The run's config, and under Hydra its own config and the overrides, into run_dir/.hydra/.
+
+    Hydra would write them before the task starts (hydra.output_subdir is null in conf/hydra): the
+    runner writes them once a run starts, or once a resume has passed its checks, so that a refused
+    resume leaves the folder as it was.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = run_dir / ".hydra"
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    if HydraConfig.initialized():
+        hydra = HydraConfig.instance().cfg
+        write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(hydra))
+        write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.hydra.overrides.task))
 
 
 def _is_finished(result: dict | None, max_epochs: int) -> bool:
@@ -120,21 +159,28 @@ def _move_aside(run_dir: Path) -> None:
     log.info("trainer.resume=never: moved the earlier results to %s", archive)
 
 
-def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord) -> float:
+def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord, resuming: bool) -> float:
     # torch and everything built on it load only now: config errors above stay instant
     from hydra.utils import instantiate
 
+    from runner import checkpoint
     from runner.fit import Fit
+    from runner.resume import check_resume
 
+    last = context.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    saved = None
+    if resuming:
+        saved = checkpoint.load(last)
+        check_resume(saved["config"], cfg, last, saved["progress"]["epoch"])
     pruner = None
     if context.sweep_dir is not None and cfg.pruner:
         pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
                              metric=cfg.objective.metric, goal=cfg.objective.goal)
     callbacks = build_callbacks(cfg, trainer, record, pruner, in_sweep=context.sweep_dir is not None)
     fit = Fit(cfg, trainer, context.run_dir, callbacks, git_commit=record.result["git_commit"])
-    last = fit.checkpoints / "last.pt"
-    if trainer.resume == "auto" and last.exists():
-        fit.resume_from(last)
+    if saved is not None:
+        fit.resume_from(saved, last)
+        save_run_config(cfg, context.run_dir)
     outcome = fit.run()
     log.info("%s: %s=%s (best, epoch %s)%s", outcome.status, outcome.objective.metric, outcome.objective.value,
              outcome.objective.epoch, f"; {outcome.reason}" if outcome.reason else "")

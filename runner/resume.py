@@ -1,0 +1,120 @@
+"""What a resume may change: the one list of keys, the check that nothing else changed, and the
+schedulers rebuilt for a new length.
+
+A checkpoint carries the config it was trained with (as written, interpolations unresolved).
+Resuming compares it with the current one key by key. Keys under MAY_CHANGE change how the run is
+watched, stored or sped up, or how long it goes on; any other difference would silently train a
+different experiment, so the resume is refused, naming each key with its old and new value.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import leaves
+from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+# a key one of the two configs does not have
+ABSENT = object()
+
+# each entry covers the key and everything under it
+MAY_CHANGE = (
+    # how long: more (or fewer, not below those done) epochs; schedulers follow the new length
+    "trainer.max_epochs",
+    # when to stop early, which never changes what one epoch trains
+    "trainer.stop",
+    "trainer.early_stopping.patience",
+    # how the run is watched and stored
+    "trainer.log_every_n_steps",
+    "trainer.histograms_every_n_epochs",
+    "trainer.predictions_every_n_epochs",
+    "trainer.num_prediction_samples",
+    "trainer.checkpoint_every_n_epochs",
+    "logger",
+    # where the run and its data live, and how failures in a sweep are handled
+    "paths",
+    "trainer.resume",
+    "fail_fast",
+    # where and how fast it runs (a requeued job may land on another node)
+    "trainer.device",
+    "trainer.data_on_device",
+    "trainer.num_workers",
+    "trainer.pin_memory",
+    "trainer.persistent_workers",
+    "trainer.compile",
+    "trainer.channels_last",
+    "trainer.eval_batch_size",
+)
+
+
+def may_change(key: str) -> bool:
+    return any(key == allowed or key.startswith((allowed + ".", allowed + "[")) for allowed in MAY_CHANGE)
+
+
+def differences(saved: DictConfig, current: DictConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every key that differs, as written (unresolved)."""
+    old = dict(leaves(OmegaConf.to_container(saved, resolve=False)))
+    new = dict(leaves(OmegaConf.to_container(current, resolve=False)))
+    return [(key, old.get(key, ABSENT), new.get(key, ABSENT)) for key in sorted(old.keys() | new.keys())
+            if old.get(key, ABSENT) != new.get(key, ABSENT)]
+
+
+def check_resume(saved_yaml: str, current: DictConfig, path, epochs_done: int) -> DictConfig:
+    """Refuse a resume that would train a different experiment; returns the saved config."""
+    saved = OmegaConf.create(saved_yaml)
+    refused = [(key, old, new) for key, old, new in differences(saved, current) if not may_change(key)]
+    if refused:
+        lines = "\n".join(f"  - {key}: {_shown(old)} in the checkpoint, {_shown(new)} now" for key, old, new in refused)
+        raise ConfigError(
+            f"cannot resume from {path}: the config differs from the one it was trained with:\n{lines}\n"
+            f"Resume with the old values, or start over with trainer.resume=never (the old results are moved "
+            f"to archive/, not deleted). Keys a resume may change: {', '.join(MAY_CHANGE)}."
+        )
+    max_epochs = current.trainer.max_epochs
+    if max_epochs < epochs_done:
+        raise ConfigError(f"cannot resume from {path}: trainer.max_epochs={max_epochs} is below the "
+                          f"{epochs_done} epochs this run has done; use trainer.max_epochs >= {epochs_done}")
+    return saved
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is ABSENT else repr(value)
+
+
+def scheduler_changed(saved: DictConfig, current: DictConfig) -> bool:
+    """Whether the scheduler as built would differ: its length follows trainer.max_epochs."""
+    def resolved(cfg: DictConfig) -> Any:
+        return OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
+
+    return resolved(saved) != resolved(current)
+
+
+def continue_scheduler(scheduler, state: dict[str, Any]) -> None:
+    """Put a scheduler built for the new length where the saved one had got to.
+
+    The step count (epochs or optimizer steps) carries over; the learning rate becomes the new
+    schedule's value at that count. One-cycle over more epochs: the cycle is stretched to the new
+    total, so the rate jumps to the stretched curve's value at the steps done (a longer warm-up is
+    already past, the annealing is slower). Cosine with T_max = max_epochs: the rate continues
+    from the new cosine's value at the epochs done, decaying to eta_min at the new end.
+    """
+    scheduler.last_epoch = state["last_epoch"]
+    scheduler._step_count = state["_step_count"]
+    if hasattr(scheduler, "_get_closed_form_lr"):
+        rates = scheduler._get_closed_form_lr()
+    else:
+        # get_lr() warns when called outside step(); here it is the step's own computation
+        scheduler._get_lr_called_within_step = True
+        try:
+            rates = scheduler.get_lr()
+        finally:
+            scheduler._get_lr_called_within_step = False
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    log.info("scheduler rebuilt for the new length, continuing at step %d: lr %s", scheduler.last_epoch,
+             ", ".join(f"{r:.4g}" for r in scheduler._last_lr))
