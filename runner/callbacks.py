@@ -25,12 +25,13 @@ import math
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import RunnerError
-from runner.results import BEST_CHECKPOINT, LAST_CHECKPOINT, git_commit, now, write_json_atomic, write_metrics
+from runner.results import BEST_CHECKPOINT, LAST_CHECKPOINT, git_state, now, write_json_atomic, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,26 @@ class Pruning(Callback):
         return Stop(decision.reason, "pruned") if decision.stop else None
 
 
-# ---------------------------------------------------------------- checkpoints, loggers, media
+# ---------------------------------------------------------------- the test stage, checkpoints, loggers, media
+
+
+class TestStage(Callback):
+    """When the run ends (completed, stopped early or pruned), the best checkpoint (by the objective) is
+    evaluated on the dataset's test split: `test/<metric>` for every metric, with the checkpoint's epoch.
+    The test data never steers anything: no stopping rule, pruner or checkpoint sees it."""
+
+    def on_fit_end(self, fit, outcome):
+        from runner import checkpoint
+
+        path = fit.checkpoints / BEST_CHECKPOINT
+        if fit.test_data is None or not path.exists():
+            return
+        state = checkpoint.load(path)
+        fit.model.load_state_dict(state["model"])
+        outcome.test_metrics = fit.evaluate(fit.test_data, "test")
+        outcome.test_epoch = state["epoch"]
+        log.info("test (best checkpoint, epoch %d): %s", outcome.test_epoch,
+                 "  ".join(f"{k}={v:.4g}" for k, v in outcome.test_metrics.items()))
 
 
 class Checkpoint(Callback):
@@ -185,6 +205,8 @@ class Loggers(Callback):
 
     def on_fit_end(self, fit, outcome):
         history = fit.progress.history
+        for logger in self.loggers if outcome.test_metrics else ():
+            logger.log_metrics(outcome.test_metrics, fit.progress.step)
         if not self.in_sweep and history:
             final = {k: v for k, v in history[-1].items() if "/" in k}
             hparams = flat_hparams(self.cfg)
@@ -279,8 +301,8 @@ class ResultRecord(Callback):
     (with the traceback), except a resume that fails before it resumed: its earlier record stays.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir, overrides: list[str]):
-        self.run_dir = run_dir
+    def __init__(self, cfg: DictConfig, context):
+        self.run_dir = run_dir = context.run_dir
         self.started = time.monotonic()
         self.columns: list[str] = []
         self.result: dict[str, Any] = {
@@ -290,13 +312,21 @@ class ResultRecord(Callback):
                           "value": None, "epoch": None, "last": None},
             "final_metrics": {},
             "best_metrics": {},
+            # filled by the test stage when the run ends: the best checkpoint on the test split
+            "test_metrics": None,
+            "test_epoch": None,
             "epochs": 0,
             "max_epochs": cfg.trainer.max_epochs,
             "steps": 0,
             "duration_s": 0.0,
-            "overrides": list(overrides),
+            "overrides": list(context.overrides),
             "run_dir": str(run_dir),
-            "git_commit": git_commit(),
+            # the folder the run was started from and the command that runs it again from there
+            "started_in": str(context.started_in) if context.started_in else None,
+            "command": context.command,
+            # the runner's own commit, and the state of the user's project (the folder started from)
+            "git_commit": git_state(Path(__file__).parent)["commit"],
+            "project_git": git_state(context.started_in) if context.started_in else None,
             "started_at": now(),
             "finished_at": None,
             "pruned_at_epoch": None,
@@ -343,6 +373,8 @@ class ResultRecord(Callback):
 
     def on_fit_end(self, fit, outcome):
         self.progress(fit)
+        if outcome.test_metrics is not None:
+            self.result.update(test_metrics=outcome.test_metrics, test_epoch=outcome.test_epoch)
         self.finished(outcome.status, outcome.reason)
 
     def finished(self, status: str, reason: str | None) -> None:
@@ -398,8 +430,8 @@ def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, in_s
         callbacks["objective_threshold"] = ObjectiveThreshold(trainer.stop.objective_threshold)
     if trainer.early_stopping.patience is not None:
         callbacks["early_stopping"] = EarlyStopping(trainer.early_stopping.patience, trainer.early_stopping.min_delta)
-    builtin = {"objective_threshold", "early_stopping", "pruning", "time_budget", "loggers", "media", "checkpoint",
-               "record"}
+    builtin = {"objective_threshold", "early_stopping", "pruning", "time_budget", "test", "loggers", "media",
+               "checkpoint", "record"}
     for name, node in (cfg.get("callbacks") or {}).items():
         if not node:
             continue
@@ -411,6 +443,7 @@ def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, in_s
         callbacks["pruning"] = Pruning(pruner)
     if trainer.stop.time_budget_s is not None:
         callbacks["time_budget"] = TimeBudget(trainer.stop.time_budget_s)
+    callbacks["test"] = TestStage()
     loggers = Loggers(cfg, record.run_dir, in_sweep)
     callbacks["loggers"] = loggers
     callbacks["media"] = Media(loggers, trainer.histograms_every_n_epochs, trainer.predictions_every_n_epochs,

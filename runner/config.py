@@ -60,6 +60,7 @@ class TrainerConfig:
     persistent_workers: bool = True
     compile: bool = False
     channels_last: str = "auto"
+    test: bool = True
 
 
 @dataclass

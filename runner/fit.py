@@ -173,6 +173,9 @@ class Outcome:
     reason: str | None
     progress: Progress
     objective: Objective
+    # the test stage's metrics (`test/<name>`) and the epoch of the checkpoint they were measured with
+    test_metrics: dict[str, float] | None = None
+    test_epoch: int | None = None
 
 
 class CallbackFailed(RunnerError):
@@ -202,6 +205,9 @@ class Fit:
         self.channels_last = self.device.type == "cuda" if trainer.channels_last == "auto" else trainer.channels_last == "true"
         self.train_data = make_source(self.data.train, self.data, self.device, trainer, self.channels_last)
         self.val_data = make_source(self.data.val, self.data, self.device, trainer, self.channels_last)
+        test = getattr(self.data, "test", None)
+        self.test_data = make_source(test, self.data, self.device, trainer, self.channels_last) \
+            if trainer.test and test is not None else None
         self.steps_per_epoch = batches_per_epoch(len(self.train_data), trainer.batch_size, trainer.limit_train_batches)
 
         self.model.to(self.device)
@@ -267,9 +273,20 @@ class Fit:
             "callbacks": {name: callback.state_dict() for name, callback in self.callbacks.items()
                           if hasattr(callback, "state_dict")},
             "rng": checkpoint.rng_state(),
+            "data": self.data_state(),
             "config": OmegaConf.to_yaml(self.cfg),
             "git_commit": self.git_commit,
         }
+
+    def data_state(self) -> dict[str, Any]:
+        """What code outside the runner needs to feed the model: the preprocessing (its class and plain
+        state) and the class names."""
+        preprocess = getattr(self.data, "preprocess", None)
+        stored = None
+        if preprocess is not None and hasattr(preprocess, "state_dict"):
+            kind = type(preprocess)
+            stored = {"target": f"{kind.__module__}.{kind.__qualname__}", "state": preprocess.state_dict()}
+        return {"preprocess": stored, "class_names": list(getattr(self.data, "class_names", None) or [])}
 
     def save(self, *names: str) -> None:
         state = self.state_dict()
@@ -401,13 +418,8 @@ class Fit:
         metrics["train/samples_per_s"] = round(totals.seen / max(totals.seconds, 1e-9), 1)
         return metrics
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _step(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any]:
-        with self._autocast():
+        with autocast(self.device, self.autocast_dtype):
             output = self.task.forward(self.forward, inputs)
             loss = self.task.loss(output, target)
         self.optimizer.zero_grad(set_to_none=True)
@@ -440,22 +452,43 @@ class Fit:
             raise TrialFailed(f"the training loss became {loss} in epoch {epoch}; lower optimizer.lr or "
                               f"set trainer.gradient_clip_val")
 
-    @torch.inference_mode()
     def evaluate(self, source, split: str) -> dict[str, float]:
         """The loss and every metric of the task over a split, `<split>/<name>`; the model in eval mode."""
-        self.model.eval()
-        totals = EpochTotals.zeros(self.eval_metrics, self.device)
-        limit = self.trainer.limit_val_batches
-        for index, batch in enumerate(source.batches(self.trainer.eval_batch_size)):
-            if limit is not None and index >= limit:
-                break
-            inputs, target = self.task.unpack(batch)
-            with self._autocast():
-                output = self.task.forward(self.forward, inputs)
-                loss = self.task.loss(output, target)
-            output = output.float() if isinstance(output, torch.Tensor) else output
-            totals.add(self.task, output, target, loss.float())
+        def on_batch(inputs, output, target):
             for name, callback in self.eval_batch_hooks:
                 self._call_one(name, callback, "on_eval_batch", split, inputs, output, target)
+
+        metrics = evaluate(self.model, self.forward, self.task, source, self.eval_metrics, split,
+                           self.trainer.eval_batch_size, self.trainer.limit_val_batches, self.autocast_dtype,
+                           on_batch if self.eval_batch_hooks else None)
         self.model.train()
-        return totals.compute(split)
+        return metrics
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, forward, task, source, metrics, split: str, batch_size: int,
+             limit: int | None = None, autocast_dtype: torch.dtype | None = None, on_batch=None) -> dict[str, float]:
+    """The loss and every metric of `task` over `source`'s batches, as `<split>/<name>`; leaves the model in eval mode.
+
+    `forward` is the model or its compiled form; `metrics` a MetricCollection, reset first.
+    """
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    totals = EpochTotals.zeros(metrics, device)
+    for index, batch in enumerate(source.batches(batch_size)):
+        if limit is not None and index >= limit:
+            break
+        inputs, target = task.unpack(batch)
+        with autocast(device, autocast_dtype):
+            output = task.forward(forward, inputs)
+            loss = task.loss(output, target)
+        output = output.float() if isinstance(output, torch.Tensor) else output
+        totals.add(task, output, target, loss.float())
+        if on_batch is not None:
+            on_batch(inputs, output, target)
+    return totals.compute(split)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in `dtype` on the device, or nothing."""
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

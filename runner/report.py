@@ -65,6 +65,11 @@ class Trial:
     reason: str | None
     final_metrics: dict = field(default_factory=dict)
     best_metrics: dict = field(default_factory=dict)
+    # the test stage's metrics (the best checkpoint on the test split): shown, never ranked by
+    test_metrics: dict = field(default_factory=dict)
+    # the command that reruns the trial alone, and the folder to run it from (recorded by the trial)
+    command: str | None = None
+    started_in: str | None = None
     history: list = field(default_factory=list)
 
     @property
@@ -151,6 +156,9 @@ def read_trial(folder: Path) -> Trial:
         reason=result.get("reason"),
         final_metrics=result.get("final_metrics") or {},
         best_metrics=result.get("best_metrics") or {},
+        test_metrics=result.get("test_metrics") or {},
+        command=result.get("command"),
+        started_in=result.get("started_in"),
         history=read_metrics(folder),
     )
 
@@ -243,8 +251,15 @@ def _is_number(value: object) -> bool:
 
 
 def rerun_command(trial: Trial) -> str:
-    """The shell command that runs this trial's configuration again, alone."""
-    return shlex.join(["python", "-m", "runner", *trial.overrides])
+    """The shell command that runs this trial's configuration again, alone, from the folder the sweep was
+    started in (`trial.started_in`): as the trial recorded it (config folder flags, PYTHONPATH), or from
+    its overrides for a trial that recorded none."""
+    return trial.command or shlex.join(["python", "-m", "runner", *trial.overrides])
+
+
+def objective_on_test(sweep: "Sweep") -> str:
+    """The objective's metric on the test split: `val/acc` -> `test/acc`."""
+    return "test/" + sweep.metric.split("/", 1)[-1]
 
 
 # ---------------------------------------------------------------- write files
@@ -268,9 +283,10 @@ def write_report(sweep: Sweep) -> None:
 def write_summary_csv(sweep: Sweep) -> None:
     """One row per trial, ranked; final/<metric> and best/<metric> columns for every metric any trial has."""
     metrics = _union(list(t.final_metrics) + list(t.best_metrics) for t in sweep.trials)
+    tests = _union(list(t.test_metrics) for t in sweep.trials)
     columns = [
         "rank", "number", "name", "status", "objective", "best_epoch", "epochs", "duration_s", "reason", "overrides",
-        *(f"final/{m}" for m in metrics), *(f"best/{m}" for m in metrics),
+        *(f"final/{m}" for m in metrics), *(f"best/{m}" for m in metrics), *tests,
     ]  # fmt: skip
     rows = []
     for trial in sweep.trials:
@@ -288,6 +304,7 @@ def write_summary_csv(sweep: Sweep) -> None:
         }
         row.update({f"final/{m}": v for m, v in trial.final_metrics.items()})
         row.update({f"best/{m}": v for m, v in trial.best_metrics.items()})
+        row.update(trial.test_metrics)
         rows.append(row)
     _write_csv(sweep.path / SUMMARY_FILE, columns, rows)
 
@@ -313,6 +330,9 @@ def write_best_yaml(sweep: Sweep) -> None:
         "objective": {"metric": sweep.metric, "goal": sweep.goal, "value": best.value, "epoch": best.best_epoch},
         "overrides": list(best.overrides),
         "command": rerun_command(best),
+        # the folder to run the command from (where the sweep was started)
+        "cwd": best.started_in,
+        "test_metrics": best.test_metrics or None,
         "run_dir": str(best.path),
     }
     # no line wrapping: the command is meant to be copied whole
@@ -546,9 +566,13 @@ def format_table(sweep: Sweep) -> str:
     if sweep.best:
         lines.append(f"Best: #{sweep.best.number} {sweep.best.name}  {sweep.metric}={_number_text(sweep.best.value)}")
         lines.append(f"Rerun: {rerun_command(sweep.best)}")
+        if sweep.best.started_in:
+            lines.append(f"  (from {sweep.best.started_in})")
     else:
         lines.append("Best: none yet (no trial has an objective value)")
-    header = ["rank", "#", "status", sweep.metric, "at epoch", "epochs", "time", *sweep.parameters, "reason"]
+    tested = any(t.test_metrics for t in sweep.trials)
+    header = ["rank", "#", "status", sweep.metric, "at epoch", *([objective_on_test(sweep)] if tested else []), "epochs",
+              "time", *sweep.parameters, "reason"]
     body = [
         [
             _text(sweep.rank_of(trial)),
@@ -556,6 +580,7 @@ def format_table(sweep: Sweep) -> str:
             trial.status,
             _number_text(trial.value),
             _text(trial.best_epoch),
+            *([_number_text(trial.test_metrics.get(objective_on_test(sweep)))] if tested else []),
             _text(trial.epochs),
             _duration_text(trial.duration_s),
             *(_text(values.get(trial.name)) for values in sweep.parameters.values()),

@@ -23,14 +23,22 @@ FINAL_STATUSES = ("completed", "pruned")
 FAIL_FAST_MARKER = ".fail_fast"
 
 
-def git_commit() -> str | None:
-    """The runner's own git commit, or None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+def git_state(folder: Path) -> dict[str, Any]:
+    """The commit checked out where `folder` is, and whether tracked files differ from it; Nones
+    outside a git checkout (or without git)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=folder)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "-q", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "root": None}
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(changes) if changes is not None else None,
+            "root": git("rev-parse", "--show-toplevel")}
 
 
 def now() -> str:

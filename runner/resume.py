@@ -48,6 +48,8 @@ MAY_CHANGE = (
     "trainer.compile",
     "trainer.channels_last",
     "trainer.eval_batch_size",
+    # whether the run ends with a test stage, which trains nothing
+    "trainer.test",
 )
 
 

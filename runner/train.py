@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner import CONF_DIR
 from runner import config as config_checks
 from runner.callbacks import ResultRecord, build_callbacks, worst_value
 from runner.errors import RunnerError, TrialFailed
@@ -33,6 +36,9 @@ class RunContext:
     run_dir: Path
     sweep_dir: Path | None = None  # set when the run is a trial of a multirun
     overrides: list[str] = field(default_factory=list)
+    # the folder the run was started from, and the command that runs it again from there, alone
+    started_in: Path | None = None
+    command: str | None = None
 
     @property
     def trial(self) -> str | None:
@@ -65,7 +71,24 @@ class RunContext:
             run_dir=Path(hydra.runtime.output_dir).resolve(),
             sweep_dir=Path(hydra.sweep.dir).resolve() if multirun else None,
             overrides=list(hydra.overrides.task),
+            started_in=Path(hydra.runtime.cwd),
+            command=rerun_command(hydra),
         )
+
+
+def rerun_command(hydra: DictConfig) -> str:
+    """`python -m runner` with the config folder flags the run was started with (--config-path,
+    --config-name, --config-dir) and its overrides, and the PYTHONPATH that found the user's code."""
+    args = [sys.executable, "-m", "runner"]
+    for source in hydra.runtime.config_sources:
+        if source.provider == "main" and Path(source.path) != CONF_DIR:
+            args += ["--config-path", source.path]
+        elif source.provider == "command-line" and source.schema == "file":
+            args += ["--config-dir", source.path]
+    if hydra.job.config_name != "config":
+        args += ["--config-name", hydra.job.config_name]
+    pythonpath = os.environ.get("PYTHONPATH")
+    return (f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else "") + shlex.join([*args, *hydra.overrides.task])
 
 
 def train(cfg: DictConfig, context: RunContext | None = None) -> float:
@@ -89,7 +112,7 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
     # a resume changes nothing on disk until it has succeeded (runner.resume checks it first); a
     # fresh run is recorded from its start, so that a failure to build it is recorded too
     resuming = trainer.resume == "auto" and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).exists()
-    record = ResultRecord(cfg, run_dir, context.overrides)
+    record = ResultRecord(cfg, context)
     if not resuming:
         save_run_config(cfg, run_dir)
         record.write()

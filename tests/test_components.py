@@ -37,10 +37,11 @@ def test_every_model_trains_a_step_on_every_shape(name, channels, size):
 
 def test_mnist_5k_is_a_stratified_fixed_split(tmp_path):
     data = datasets.mnist_5k(root=str(tmp_path), channels=1, image_size=28, num_classes=10)
-    assert (len(data.train), len(data.val)) == (4000, 1000)
-    counts = torch.bincount(data.val.targets, minlength=10).float() / 1000
-    overall = torch.bincount(torch.cat([data.train.targets, data.val.targets]), minlength=10).float() / 5000
-    assert torch.allclose(counts, overall, atol=0.01)
+    assert (len(data.train), len(data.val), len(data.test)) == (3500, 500, 1000)
+    overall = torch.bincount(torch.cat([data.train.targets, data.val.targets, data.test.targets]), minlength=10).float() / 5000
+    for split in (data.val, data.test):
+        counts = torch.bincount(split.targets, minlength=10).float() / len(split)
+        assert torch.allclose(counts, overall, atol=0.01)
     again = datasets.mnist_5k(root=str(tmp_path), channels=1, image_size=28, num_classes=10)
     assert torch.equal(again.val.targets, data.val.targets)
     assert (tmp_path / "runner_cache" / "mnist_5k.pt").exists()
@@ -53,10 +54,17 @@ def test_declared_shape_is_checked(tmp_path):
 
 @pytest.mark.parametrize("name", ["MNIST", "FashionMNIST", "KMNIST"])
 def test_torchvision_datasets_read_idx_files_offline(mnist_root, name):
-    data = datasets.torchvision_images(name, root=str(mnist_root), channels=1, image_size=28, num_classes=10, download=False)
-    assert data.train.inputs.shape == (64, 1, 28, 28) and data.val.inputs.shape == (32, 1, 28, 28)
+    data = datasets.torchvision_images(name, root=str(mnist_root), channels=1, image_size=28, num_classes=10,
+                                       download=False, val_size=16)
+    # validation carved from the official training split, the official test split kept for the test stage
+    assert data.train.inputs.shape == (48, 1, 28, 28) and data.val.inputs.shape == (16, 1, 28, 28)
+    assert data.test.inputs.shape == (32, 1, 28, 28)
+    assert sorted(torch.cat([data.train.targets, data.val.targets]).tolist()) == sorted(list(range(10)) * 6 + [0, 1, 2, 3])
     assert data.train.inputs.dtype == torch.uint8
-    assert data.train.targets[:10].tolist() == list(range(10))
+    whole = datasets.torchvision_images(name, root=str(mnist_root), channels=1, image_size=28, num_classes=10,
+                                        download=False, val_size=0)
+    assert whole.train.inputs.shape == (64, 1, 28, 28) and whole.val.inputs.shape == (32, 1, 28, 28) and whole.test is None
+    assert whole.train.targets[:10].tolist() == list(range(10))
 
 
 def test_missing_dataset_names_the_folder_and_the_offline_option(tmp_path):

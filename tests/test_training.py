@@ -24,7 +24,7 @@ def fit(compose_cfg, run_dir, overrides, sweep_dir=None) -> float:
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_trains_lenet_on_mnist_5k_well_above_chance(compose_cfg, tmp_path, data_dir, loss):
     value = fit(compose_cfg, tmp_path, [
-        f"loss={loss}", "model=lenet", "optimizer=adam", "optimizer.lr=0.005", "trainer.max_epochs=2",
+        f"loss={loss}", "model=lenet", "optimizer=adam", "optimizer.lr=0.002", "trainer.max_epochs=2",
         "logger=none", f"paths.data_dir={data_dir}",
     ])
     assert value > 0.5, f"{loss}: val/acc {value} (chance is 0.1)"
