@@ -149,7 +149,8 @@ class TestStage(Callback):
         from runner import checkpoint
 
         path = fit.checkpoints / BEST_CHECKPOINT
-        if fit.test_data is None or not path.exists():
+        # every rank takes part in the evaluation: they go by what rank 0, which wrote best.pt, sees
+        if fit.test_data is None or not fit.ranks.broadcast(path.exists()):
             return
         state = checkpoint.load(path)
         fit.model.load_state_dict(state["model"])
@@ -451,6 +452,12 @@ def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, in_s
     callbacks["checkpoint"] = Checkpoint(trainer.checkpoint_every_n_epochs)
     callbacks["record"] = record
     return callbacks
+
+
+def rank_callbacks() -> dict[str, Any]:
+    """The callbacks of a rank other than 0 of a data-parallel run: only the test stage, whose evaluation
+    every rank shares; rank 0 decides, logs and writes for the run."""
+    return {"test": TestStage()}
 
 
 def worst_value(goal: str) -> float:

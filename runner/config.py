@@ -16,6 +16,7 @@ from runner.resolvers import GOALS
 PRECISIONS = ("32", "bf16", "16")
 RESUME_MODES = ("auto", "never")
 SCHEDULER_INTERVALS = ("epoch", "step")
+STRATEGIES = ("single", "ddp")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -61,6 +62,10 @@ class TrainerConfig:
     compile: bool = False
     channels_last: str = "auto"
     test: bool = True
+    strategy: str = "single"
+    devices: str = "auto"
+    num_nodes: int = 1
+    collective_timeout_s: float = 600.0
 
 
 @dataclass
@@ -164,6 +169,18 @@ def _check_trainer(trainer: DictConfig, problems: list[str]) -> None:
     budget = trainer.stop.time_budget_s
     if budget is not None and budget <= 0:
         problems.append(f"trainer.stop.time_budget_s={budget} must be > 0 or null")
+    _choice(problems, "trainer.strategy", trainer.strategy, STRATEGIES)
+    devices = str(trainer.devices)
+    if devices != "auto" and not (devices.isdigit() and int(devices) >= 1):
+        problems.append(f"trainer.devices={trainer.devices!r} is not allowed; use auto or a number >= 1")
+    elif trainer.strategy == "single" and devices not in ("auto", "1"):
+        problems.append(f"trainer.devices={trainer.devices} needs trainer.strategy=ddp (one process trains on one device)")
+    if trainer.num_nodes < 1:
+        problems.append(f"trainer.num_nodes={trainer.num_nodes} must be >= 1")
+    elif trainer.num_nodes > 1 and trainer.strategy != "ddp":
+        problems.append(f"trainer.num_nodes={trainer.num_nodes} needs trainer.strategy=ddp")
+    if trainer.collective_timeout_s <= 0:
+        problems.append(f"trainer.collective_timeout_s={trainer.collective_timeout_s} must be > 0")
 
 
 def _raw_value(cfg: DictConfig, dotted_key: str) -> Any:

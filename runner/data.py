@@ -73,15 +73,14 @@ class DeviceTensors:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
-        n = len(self)
+    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0, ranks=None) -> Iterator[Batch]:
         order = order.to(self.inputs.device) if order is not None else None
-        for start in range(skip * batch_size, n, batch_size):
+        for start, stop in shares(len(self), batch_size, skip, ranks):
             if order is None:
-                inputs, targets = self.inputs[start : start + batch_size], self.targets[start : start + batch_size]
+                inputs, targets = self.inputs[start:stop], self.targets[start:stop]
             else:
                 # index_select copies whole rows: half the time of indexing with a tensor (uint8 images)
-                rows = order[start : start + batch_size]
+                rows = order[start:stop]
                 inputs, targets = self.inputs.index_select(0, rows), self.targets.index_select(0, rows)
             yield self.preprocess(inputs), targets
 
@@ -124,15 +123,29 @@ class LoaderBatches:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
+    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0, ranks=None) -> Iterator[Batch]:
         indices = order.tolist() if order is not None else list(range(len(self)))
-        self._index_batches.chunks = [indices[i : i + batch_size] for i in range(skip * batch_size, len(indices), batch_size)]
+        self._index_batches.chunks = [indices[start:stop] for start, stop in shares(len(indices), batch_size, skip, ranks)]
         for inputs, targets in self._loader:
             yield self.preprocess(to_device(inputs, self.device)), to_device(targets, self.device)
 
 
-def batches_per_epoch(n: int, batch_size: int, limit: int | None) -> int:
+def shares(n: int, batch_size: int, skip: int = 0, ranks=None) -> Iterator[tuple[int, int]]:
+    """[start, stop) of each batch of n items in order, from batch `skip` on; with several ranks
+    (runner.distributed.Ranks), this rank's share of each batch (a rank with no share skips it)."""
+    for start in range(skip * batch_size, n, batch_size):
+        size = min(batch_size, n - start)
+        low, high = ranks.share(size) if ranks is not None and ranks.world > 1 else (0, size)
+        if high > low:
+            yield start + low, start + high
+
+
+def batches_per_epoch(n: int, batch_size: int, limit: int | None, world: int = 1) -> int:
+    """Training steps per epoch; with several ranks a last batch smaller than the ranks is left out
+    (some rank would have no sample to step on)."""
     full = -(-n // batch_size)
+    if world > 1 and 0 < n % batch_size < world:
+        full -= 1
     return min(full, limit) if limit else full
 
 
@@ -170,6 +183,6 @@ class _Moved:
     def __len__(self) -> int:
         return len(self.source)
 
-    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0) -> Iterator[Batch]:
-        for inputs, targets in self.source.batches(batch_size, order, skip):
+    def batches(self, batch_size: int, order: Tensor | None = None, skip: int = 0, ranks=None) -> Iterator[Batch]:
+        for inputs, targets in self.source.batches(batch_size, order, skip, ranks):
             yield inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)

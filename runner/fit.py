@@ -27,7 +27,8 @@ from runner.callbacks import Callback, Stop
 from runner.config import TrainerConfig
 from runner.data import batches_per_epoch, epoch_generator, make_source
 from runner.errors import ConfigError, RunnerError, TrialFailed
-from runner.interrupt import Interruption
+from runner.distributed import Ranks
+from runner.interrupt import Interruption, RunInterrupted
 from runner.objective import Objective
 from runner.progress import EpochProgress
 from runner.results import CHECKPOINT_DIR, LAST_CHECKPOINT
@@ -39,7 +40,10 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 PROBE_BATCH = 16
 
 
-def resolve_device(requested: str) -> torch.device:
+def resolve_device(requested: str, local_rank: int | None = None) -> torch.device:
+    """The training device; a rank of a data-parallel run on GPUs takes the GPU of its local rank."""
+    if local_rank is not None and torch.cuda.is_available() and requested in ("auto", "cuda"):
+        return torch.device("cuda", local_rank)
     if requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -119,10 +123,15 @@ class EpochTotals:
         task.update_metrics(self.metrics, output, target)
         self.seen += n
 
-    def compute(self, split: str) -> dict[str, float]:
-        """The epoch's values under `<split>/<name>`; waits for the device once."""
-        out = {f"{split}/loss": self.loss.item() / max(self.seen, 1)}
-        if self.seen:
+    def compute(self, split: str, ranks: Ranks) -> dict[str, float]:
+        """The epoch's values under `<split>/<name>`, over every rank's samples; waits for the device once.
+
+        Also sets `seen` to the samples of every rank."""
+        sums = ranks.sum(torch.stack([self.loss, torch.tensor(float(self.seen), dtype=torch.float64,
+                                                                device=self.loss.device)]))
+        loss, self.seen = sums.tolist()[0], int(sums[1].item())
+        out = {f"{split}/loss": loss / max(self.seen, 1)}
+        if self.seen:  # torchmetrics reduces the metric states across the ranks
             out.update({f"{split}/{name}": float(value) for name, value in self.metrics.compute().items()})
         return out
 
@@ -186,12 +195,14 @@ class Fit:
     """One run's training: built from the config, resumable from its own checkpoints."""
 
     def __init__(self, cfg: DictConfig, trainer: TrainerConfig, run_dir: Path, callbacks: dict[str, Any],
-                 git_commit: str | None = None):
+                 ranks: Ranks | None = None, git_commit: str | None = None):
         self.cfg, self.trainer, self.run_dir = cfg, trainer, run_dir
         self.git_commit = git_commit  # stored in every checkpoint
         self.checkpoints = run_dir / CHECKPOINT_DIR
         self.callbacks = callbacks
-        self.device = resolve_device(trainer.device)
+        # the processes of the run (runner.distributed); rank 0 runs every callback and writes the files
+        self.ranks = ranks or Ranks()
+        self.device = resolve_device(trainer.device, self.ranks.local_rank if self.ranks.ddp else None)
         seed_everything(trainer.seed, trainer.deterministic)
         if self.device.type == "cpu":
             keep_cpu_buffers_mapped()
@@ -208,14 +219,23 @@ class Fit:
         test = getattr(self.data, "test", None)
         self.test_data = make_source(test, self.data, self.device, trainer, self.channels_last) \
             if trainer.test and test is not None else None
-        self.steps_per_epoch = batches_per_epoch(len(self.train_data), trainer.batch_size, trainer.limit_train_batches)
+        self.steps_per_epoch = batches_per_epoch(len(self.train_data), trainer.batch_size, trainer.limit_train_batches,
+                                                 self.ranks.world)
 
         self.model.to(self.device)
         example = getattr(self.data, "example", None)
         probe(self.model, self.task, example if example is not None else next(self.train_data.batches(PROBE_BATCH)), cfg)
         if self.channels_last:  # after the probe: lazy layers have their sizes only then
             self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if trainer.compile else self.model
+        trained = self.model
+        if self.ranks.ddp:  # after the probe too: DistributedDataParallel needs every parameter's size
+            from torch.nn.parallel import DistributedDataParallel
+
+            trained = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                              else None)
+        self.forward = torch.compile(trained) if trainer.compile else trained
+        # evaluation runs the model itself: each rank its own share, no gradients to reduce
+        self.eval_forward = self.forward if not self.ranks.ddp else self.model
         self.optimizer = complete(build(cfg.optimizer, "optimizer"), "optimizer", cfg.optimizer._target_,
                                   self.model.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
@@ -232,6 +252,8 @@ class Fit:
         self.is_best = False
         self.stop: Stop | None = None
         self.eval_batch_hooks = self._hooked("on_eval_batch")
+        # every rank's random generators and unfinished epoch, on rank 0 at each save (several ranks only)
+        self.rank_states: list | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def resume_from(self, state: dict[str, Any], path: Path) -> None:
@@ -257,7 +279,10 @@ class Fit:
         for name, callback_state in state.get("callbacks", {}).items():
             if name in self.callbacks and hasattr(self.callbacks[name], "load_state_dict"):
                 self.callbacks[name].load_state_dict(callback_state)
-        checkpoint.restore_rng_state(state["rng"])
+        own = state["ranks"][self.ranks.rank] if "ranks" in state else {"rng": state["rng"]}
+        if "ranks" in state:
+            self.progress.partial = own["partial"]
+        checkpoint.restore_rng_state(own["rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
 
     def state_dict(self) -> dict[str, Any]:
@@ -273,6 +298,7 @@ class Fit:
             "callbacks": {name: callback.state_dict() for name, callback in self.callbacks.items()
                           if hasattr(callback, "state_dict")},
             "rng": checkpoint.rng_state(),
+            **({"ranks": self.rank_states} if self.ranks.world > 1 else {}),
             "data": self.data_state(),
             "config": OmegaConf.to_yaml(self.cfg),
             "git_commit": self.git_commit,
@@ -288,7 +314,13 @@ class Fit:
             stored = {"target": f"{kind.__module__}.{kind.__qualname__}", "state": preprocess.state_dict()}
         return {"preprocess": stored, "class_names": list(getattr(self.data, "class_names", None) or [])}
 
+    def gather_rank_states(self) -> None:
+        """Every rank's generators and unfinished epoch to rank 0, for the next save (a collective)."""
+        if self.ranks.world > 1:
+            self.rank_states = self.ranks.gather({"rng": checkpoint.rng_state(), "partial": self.progress.partial})
+
     def save(self, *names: str) -> None:
+        """Write the run's state (rank 0; with several ranks, after gather_rank_states)."""
         state = self.state_dict()
         for name in names:
             checkpoint.save_atomic(state, self.checkpoints / name)
@@ -364,10 +396,12 @@ class Fit:
                 self.scheduler.step(row[self.scheduler_monitor])
         if self.scheduler is not None and self.scheduler_interval == "epoch" and not self.scheduler_monitor:
             self.scheduler.step()
+        self.gather_rank_states()
         for name, callback in self.callbacks.items():
             decision = self._call_one(name, callback, "on_epoch_end", row)
             if self.stop is None and decision:
                 self.stop = decision if isinstance(decision, Stop) else Stop(str(decision))
+        self.stop = self.ranks.broadcast(self.stop)  # rank 0 decides for every rank
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -383,18 +417,18 @@ class Fit:
         else:
             totals = EpochTotals.zeros(self.train_metrics, self.device)
         augment = getattr(self.data, "augment", None)
-        bar = EpochProgress(epoch, trainer.max_epochs, self.steps_per_epoch, skip)
+        bar = EpochProgress(epoch, trainer.max_epochs, self.steps_per_epoch, skip, show=self.ranks.is_main)
         self.model.train()
         tic = time.perf_counter()
         batch_index = skip
         try:
-            for batch in self.train_data.batches(trainer.batch_size, order, skip):
+            for batch in self.train_data.batches(trainer.batch_size, order, skip, self.ranks):
                 if batch_index >= self.steps_per_epoch:
                     break
                 inputs, target = task.unpack(batch)
                 if augment is not None:
                     inputs = augment(inputs, generator)
-                loss, output = self._step(inputs, target)
+                loss, output = self._step(inputs, target, self._share_weight(target, batch_index))
                 totals.add(task, output, target, loss)
                 batch_index += 1
                 progress.step += 1
@@ -405,25 +439,39 @@ class Fit:
                     bar.advance(loss_value)
                 else:
                     bar.advance()
-                if interruption.requested:
+                if self.ranks.any(interruption.requested):  # every rank stops at the same step
                     totals.seconds += time.perf_counter() - tic
                     tic = time.perf_counter()
                     self._save_interrupted(batch_index, totals, generator)
+                    if self.ranks.ddp:
+                        # the checkpoint is written: every rank stops; a spawned rank leaves the signal to
+                        # the run's own process, a SLURM task hands it to submitit (rank 0 requeues)
+                        if interruption.requested and not self.ranks.spawned:
+                            interruption.hand_over()
+                        raise RunInterrupted
                     interruption.hand_over()
         finally:
             bar.close()
-        metrics = totals.compute("train")  # .item() waits for the device: stop the clock after it
+        metrics = totals.compute("train", self.ranks)  # .item() waits for the device: stop the clock after it
         totals.seconds += time.perf_counter() - tic
         self._check_finite(metrics["train/loss"], epoch)
         metrics["train/samples_per_s"] = round(totals.seen / max(totals.seconds, 1e-9), 1)
         return metrics
 
-    def _step(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any]:
+    def _share_weight(self, target: Any, batch_index: int) -> float | None:
+        """What a rank's mean loss is weighted by so that DistributedDataParallel's average over the ranks
+        is the mean over the whole batch: 1 when the ranks' shares are equal, None with one process."""
+        if self.ranks.world == 1:
+            return None
+        whole = min(self.trainer.batch_size, len(self.train_data) - batch_index * self.trainer.batch_size)
+        return batch_size_of(target) * self.ranks.world / whole
+
+    def _step(self, inputs: Any, target: Any, weight: float | None = None) -> tuple[torch.Tensor, Any]:
         with autocast(self.device, self.autocast_dtype):
             output = self.task.forward(self.forward, inputs)
             loss = self.task.loss(output, target)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss if weight is None else loss * weight).backward()
         if self.trainer.gradient_clip_val is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer.gradient_clip_val)
@@ -438,9 +486,11 @@ class Fit:
         progress.batch_in_epoch = batch_index
         progress.partial = totals.state()
         progress.generator_state = generator.get_state()
-        self.save(LAST_CHECKPOINT)
-        log.warning("checkpoint saved mid-epoch %d at step %d: the run resumes from here",
-                    progress.epoch + 1, progress.step)
+        self.gather_rank_states()
+        if self.ranks.is_main:
+            self.save(LAST_CHECKPOINT)
+            log.warning("checkpoint saved mid-epoch %d at step %d: the run resumes from here",
+                        progress.epoch + 1, progress.step)
         # called before the signal is handed on: on SLURM the job may be killed soon after the hand-over
         self._call("on_interrupt")
         # a hand-over that returns (a signal submitit ignores) goes on with the same epoch
@@ -458,24 +508,27 @@ class Fit:
             for name, callback in self.eval_batch_hooks:
                 self._call_one(name, callback, "on_eval_batch", split, inputs, output, target)
 
-        metrics = evaluate(self.model, self.forward, self.task, source, self.eval_metrics, split,
+        metrics = evaluate(self.model, self.eval_forward, self.task, source, self.eval_metrics, split,
                            self.trainer.eval_batch_size, self.trainer.limit_val_batches, self.autocast_dtype,
-                           on_batch if self.eval_batch_hooks else None)
+                           on_batch if self.eval_batch_hooks else None, self.ranks)
         self.model.train()
         return metrics
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, forward, task, source, metrics, split: str, batch_size: int,
-             limit: int | None = None, autocast_dtype: torch.dtype | None = None, on_batch=None) -> dict[str, float]:
+             limit: int | None = None, autocast_dtype: torch.dtype | None = None, on_batch=None,
+             ranks: Ranks | None = None) -> dict[str, float]:
     """The loss and every metric of `task` over `source`'s batches, as `<split>/<name>`; leaves the model in eval mode.
 
-    `forward` is the model or its compiled form; `metrics` a MetricCollection, reset first.
+    `forward` is the model or its compiled form; `metrics` a MetricCollection, reset first. With
+    several ranks each evaluates its share of every batch, and the sums and metrics are reduced.
     """
+    ranks = ranks or Ranks()
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     totals = EpochTotals.zeros(metrics, device)
-    for index, batch in enumerate(source.batches(batch_size)):
+    for index, batch in enumerate(source.batches(batch_size, ranks=ranks)):
         if limit is not None and index >= limit:
             break
         inputs, target = task.unpack(batch)
@@ -486,7 +539,7 @@ def evaluate(model: torch.nn.Module, forward, task, source, metrics, split: str,
         totals.add(task, output, target, loss.float())
         if on_batch is not None:
             on_batch(inputs, output, target)
-    return totals.compute(split)
+    return totals.compute(split, ranks)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
+class RunInterrupted(BaseException):
+    """Raised on every rank of a data-parallel run once the checkpoint of a signal is written: the run
+    stops there. Not an Exception: nothing that handles failures treats it as one."""
+
+
 class Interruption:
     def __init__(self):
         self.signum: int | None = None

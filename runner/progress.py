@@ -6,9 +6,9 @@ import sys
 
 
 class EpochProgress:
-    def __init__(self, epoch: int, max_epochs: int, total_steps: int, done_steps: int = 0):
+    def __init__(self, epoch: int, max_epochs: int, total_steps: int, done_steps: int = 0, show: bool = True):
         self.bar = None
-        if sys.stdout.isatty():
+        if show and sys.stdout.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=done_steps, desc=f"epoch {epoch}/{max_epochs}",

@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import CONF_DIR
 from runner import config as config_checks
-from runner.callbacks import ResultRecord, build_callbacks, worst_value
-from runner.errors import RunnerError, TrialFailed
-from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LAST_CHECKPOINT, read_result,
-                            write_text_atomic)
+from runner.callbacks import ResultRecord, build_callbacks, rank_callbacks, worst_value
+from runner.distributed import Ranks
+from runner.interrupt import RunInterrupted
+from runner.errors import ConfigError, RunnerError, TrialFailed
+from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LAST_CHECKPOINT, RESULT_FILE, now,
+                            read_result, write_json_atomic, write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl", ".hydra")
 
 
-@dataclass
+@dataclasses.dataclass
 class RunContext:
     """Where a run writes and whether it is one trial of a sweep."""
 
@@ -39,6 +42,8 @@ class RunContext:
     # the folder the run was started from, and the command that runs it again from there, alone
     started_in: Path | None = None
     command: str | None = None
+    # Hydra's own config of the job (YAML), written into .hydra/hydra.yaml when the run starts
+    hydra_config: str | None = None
 
     @property
     def trial(self) -> str | None:
@@ -73,6 +78,7 @@ class RunContext:
             overrides=list(hydra.overrides.task),
             started_in=Path(hydra.runtime.cwd),
             command=rerun_command(hydra),
+            hydra_config=OmegaConf.to_yaml(HydraConfig.instance().cfg),
         )
 
 
@@ -95,59 +101,112 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
     """Train the experiment `cfg` describes; return its objective value.
 
     In a multirun a trial that fails is recorded as failed and returns the worst value for the
-    goal, so the sweep goes on; with `fail_fast=true` it raises and the sweep stops.
+    goal, so the sweep goes on; with `fail_fast=true` it raises and the sweep stops. With
+    trainer.strategy=ddp the run trains on several ranks (runner.distributed): this process starts
+    them, or is one of them as a task of a SLURM job.
     """
     context = context or RunContext.from_hydra()
     config_checks.validate(cfg)
     trainer = config_checks.typed_trainer(cfg)
-    run_dir = context.run_dir
-    previous = read_result(run_dir)
+    previous = read_result(context.run_dir)
     if trainer.resume == "auto" and _is_finished(previous, trainer.max_epochs):
         log.info("%s already %s: reading its result back (trainer.resume=never starts over)",
-                 run_dir, previous["status"])
+                 context.run_dir, previous["status"])
         return _returned_value(previous, cfg.objective.goal)
-    if trainer.resume == "never":
+    from runner import distributed
+
+    if trainer.strategy != "ddp":
+        if distributed.slurm_tasks() > 1:
+            raise ConfigError(f"this SLURM job step has {distributed.slurm_tasks()} tasks but trainer.strategy="
+                              f"{trainer.strategy}: every task would train the same run; use trainer.strategy=ddp "
+                              f"(one rank per task) or a launcher with one task per trial")
+        return train_rank(cfg, context, Ranks())
+
+    if distributed.slurm_tasks() > 1:
+        ranks = distributed.from_slurm(trainer)
+    elif distributed.world_size(trainer) > 1:
+        return _train_on_spawned_ranks(cfg, context, trainer, distributed.world_size(trainer))
+    else:
+        ranks = distributed.join(trainer, 0, 1, 0, 1, "127.0.0.1", distributed.free_port())
+    finished = False
+    try:
+        value = train_rank(cfg, context, ranks)
+        finished = True
+        return value
+    except RunInterrupted:
+        # this task's checkpoint is written and SLURM requeues the job: what the run has is its value
+        finished = True
+        return _returned_value(read_result(context.run_dir) or {}, cfg.objective.goal)
+    finally:
+        ranks.close(finished)
+
+
+def train_rank(cfg: DictConfig, context: RunContext, ranks: Ranks) -> float:
+    """The run as one rank sees it; rank 0 (the only one of a single-process run) owns the run folder."""
+    trainer = config_checks.typed_trainer(cfg)
+    run_dir = context.run_dir
+    if trainer.resume == "never" and ranks.is_main:
         _move_aside(run_dir)
+    ranks.barrier()  # the others start once the earlier results are out of the way
 
     # a resume changes nothing on disk until it has succeeded (runner.resume checks it first); a
     # fresh run is recorded from its start, so that a failure to build it is recorded too
     resuming = trainer.resume == "auto" and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).exists()
-    record = ResultRecord(cfg, context)
-    if not resuming:
-        save_run_config(cfg, run_dir)
+    record = ResultRecord(cfg, context) if ranks.is_main else None
+    if record is not None and not resuming:
+        save_run_config(cfg, context)
         record.write()
     try:
         _stop_if_sweep_failed(context, cfg)
-        value = _fit(cfg, trainer, context, record, resuming)
+        value = _fit(cfg, trainer, context, record, resuming, ranks)
     except Exception as error:
         # the whole traceback goes to runner.log (the console shows the message alone)
         log.error("%s failed: %s", f"trial {context.trial}" if context.trial else "the run", error, exc_info=error)
-        if record.written:
+        if record is not None and record.written:
             record.failed(error)
         if context.sweep_dir is None or cfg.fail_fast:
-            context.mark_failed(error)
+            if ranks.is_main:
+                context.mark_failed(error)
             if isinstance(error, RunnerError):
                 raise
-            raise TrialFailed(f"{type(error).__name__}: {error} (the traceback is in {run_dir / 'runner.log'})") from error
+            log_file = run_dir / ("runner.log" if ranks.is_main else f"runner.rank{ranks.rank}.log")
+            raise TrialFailed(f"{type(error).__name__}: {error} (the traceback is in {log_file})") from error
         return worst_value(cfg.objective.goal)
     return value
 
 
-def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
+def _train_on_spawned_ranks(cfg: DictConfig, context: RunContext, trainer, world: int) -> float:
+    """Start the run's ranks on this machine, wait for them; a rank's failure is the run's."""
+    from runner import distributed
+
+    started = now()
+    try:
+        distributed.spawn(OmegaConf.to_yaml(cfg), dataclasses.asdict(context), trainer, world)
+    except distributed.RankFailed as error:
+        log.error("rank %d failed:\n%s", error.rank, error.traceback_text)
+        result = read_result(context.run_dir)
+        if result is not None and result.get("started_at", "") >= started:  # this attempt's record
+            result.update(status="failed", reason=str(error), traceback=error.traceback_text, finished_at=now())
+            write_json_atomic(context.run_dir / RESULT_FILE, result)
+        if context.sweep_dir is None or cfg.fail_fast:
+            context.mark_failed(error)
+            raise TrialFailed(str(error)) from None
+        return worst_value(cfg.objective.goal)
+    return _returned_value(read_result(context.run_dir) or {}, cfg.objective.goal)
+
+
+def save_run_config(cfg: DictConfig, context: RunContext) -> None:
     """The run's config, and under Hydra its own config and the overrides, into run_dir/.hydra/.
 
     Hydra would write them before the task starts (hydra.output_subdir is null in conf/hydra): the
     runner writes them once a run starts, or once a resume has passed its checks, so that a refused
     resume leaves the folder as it was.
     """
-    from hydra.core.hydra_config import HydraConfig
-
-    folder = run_dir / ".hydra"
+    folder = context.run_dir / ".hydra"
     write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
-    if HydraConfig.initialized():
-        hydra = HydraConfig.instance().cfg
-        write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(hydra))
-        write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.hydra.overrides.task))
+    if context.hydra_config is not None:
+        write_text_atomic(folder / "hydra.yaml", context.hydra_config)
+        write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(context.overrides)))
 
 
 def _is_finished(result: dict | None, max_epochs: int) -> bool:
@@ -182,7 +241,8 @@ def _move_aside(run_dir: Path) -> None:
     log.info("trainer.resume=never: moved the earlier results to %s", archive)
 
 
-def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord, resuming: bool) -> float:
+def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord | None, resuming: bool,
+         ranks: Ranks) -> float:
     # torch and everything built on it load only now: config errors above stay instant
     from hydra.utils import instantiate
 
@@ -195,16 +255,23 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord, re
     if resuming:
         saved = checkpoint.load(last)
         check_resume(saved["config"], cfg, last, saved["progress"]["epoch"])
-    pruner = None
-    if context.sweep_dir is not None and cfg.pruner:
-        pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
-                             metric=cfg.objective.metric, goal=cfg.objective.goal)
-    callbacks = build_callbacks(cfg, trainer, record, pruner, in_sweep=context.sweep_dir is not None)
-    fit = Fit(cfg, trainer, context.run_dir, callbacks, git_commit=record.result["git_commit"])
+    if ranks.is_main:
+        pruner = None
+        if context.sweep_dir is not None and cfg.pruner:
+            pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
+                                 metric=cfg.objective.metric, goal=cfg.objective.goal)
+        callbacks = build_callbacks(cfg, trainer, record, pruner, in_sweep=context.sweep_dir is not None)
+    else:
+        callbacks = rank_callbacks()
+    fit = Fit(cfg, trainer, context.run_dir, callbacks, ranks=ranks,
+              git_commit=record.result["git_commit"] if record is not None else None)
     if saved is not None:
         fit.resume_from(saved, last)
-        save_run_config(cfg, context.run_dir)
+        if ranks.is_main:
+            save_run_config(cfg, context)
     outcome = fit.run()
+    if not ranks.is_main:
+        return worst_value(cfg.objective.goal)  # what the run returns is rank 0's
     log.info("%s: %s=%s (best, epoch %s)%s", outcome.status, outcome.objective.metric, outcome.objective.value,
              outcome.objective.epoch, f"; {outcome.reason}" if outcome.reason else "")
     return _returned_value(record.result, cfg.objective.goal)

@@ -194,3 +194,32 @@ def wait_for(condition, timeout: float):
             return value
         time.sleep(0.05)
     raise TimeoutError(f"not true after {timeout} s: {condition}")
+
+
+@pytest.mark.timeout(400)
+def test_a_two_task_trial_trains_as_two_ranks_and_resumes_after_preemption(job_name, tmp_path):
+    """hydra/launcher=slurm_ddp: each trial is a job of 2 tasks, one rank each. Two identical trials
+    (log_every_n_steps changes no number); one gets USR2 mid-training, as at preemption: its ranks stop
+    at the same step, rank 0 writes the checkpoint, the job is requeued and ends where the other does."""
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "runner", "--multirun", "hydra/launcher=slurm_ddp", f"hydra.launcher.name={job_name}",
+         "trainer.strategy=ddp", "dataset=synthetic", "dataset.num_train=2048", "model=mlp", "trainer.batch_size=32",
+         "trainer.max_epochs=3", "trainer.deterministic=true", "logger=none", "trainer.log_every_n_steps=50,51"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        trial = wait_for(lambda: next((tmp_path / "outputs" / "sweeps").glob("*/1_*"), None), 120)
+        wait_for(lambda: len(read_metrics(trial)) >= 1, 180)
+        (task_dir,) = trial.parent.glob(".submitit/*_1")  # the trial's array task, both its ranks
+        subprocess.run(["scancel", "--signal=USR2", task_dir.name], check=True)
+        output, _ = sweep.communicate(timeout=240)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, output
+    (reference,) = trial.parent.glob("0_*")
+    assert "checkpoint saved mid-epoch" in (trial / "runner.log").read_text()
+    assert (trial / "runner.rank1.log").exists() and "rank 1 of 2 joined" in (trial / "runner.rank1.log").read_text()
+    assert job_states(task_dir.name) == ["REQUEUED", "COMPLETED"]
+    resumed, uninterrupted = read_result(trial), read_result(reference)
+    assert resumed["status"] == uninterrupted["status"] == "completed"
+    assert [numbers(row) for row in read_metrics(trial)] == [numbers(row) for row in read_metrics(reference)]

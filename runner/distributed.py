@@ -1,0 +1,275 @@
+"""One run on several processes, GPUs or nodes: data-parallel training with torch.distributed.
+
+`trainer.strategy=ddp` trains the model wrapped in DistributedDataParallel on `world` ranks:
+`trainer.devices` processes per node (auto: the visible GPUs, or 1 on a CPU) times `trainer.num_nodes`.
+
+- A run started anywhere but inside a SLURM job of several tasks starts its ranks itself: the run's own
+  process (the Hydra job) spawns them (torch.multiprocessing) and waits; rank 0 owns the run folder.
+  Signals reaching that process are forwarded to the ranks, which agree on the step to stop at, write
+  one checkpoint and end; the signal is then handed on (submitit requeues a SLURM job).
+- In a SLURM job of several tasks (hydra/launcher=slurm_ddp) each task is a rank: SLURM_PROCID,
+  SLURM_NTASKS, SLURM_LOCALID, and the job's first node as the rendezvous address.
+
+`trainer.batch_size` (and `eval_batch_size`) is the global batch: each rank takes its share of every
+batch of the seeded epoch permutation, so the ranks together visit what one process would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class Ranks:
+    """The processes a run trains on, and the few collectives the loop needs. `Ranks()` is a run of one
+    process without torch.distributed: every collective is then the identity."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    ddp: bool = False  # the model is wrapped in DistributedDataParallel (also with one rank)
+    control: Any = None  # a gloo group for the decisions (CPU tensors: no GPU synchronisation)
+    spawned: bool = False  # started by the run's own process (which hands signals on), not a SLURM task
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def any(self, flag: bool) -> bool:
+        """Whether any rank's flag is set (every rank gets the same answer)."""
+        if self.world == 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        value = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control)
+        return bool(value.item())
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's object, on every rank."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0, group=self.control)
+        return holder[0]
+
+    def gather(self, obj: Any) -> list | None:
+        """Every rank's object, in rank order, on rank 0 (None elsewhere)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, gathered, dst=0, group=self.control)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.control)
+
+    def sum(self, tensor):
+        """Summed over the ranks, in place (on the training device)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor)
+        return tensor
+
+    def share(self, n: int) -> tuple[int, int]:
+        """This rank's part [start, stop) of n items split as evenly as can be (the first ranks one more)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def close(self, finished: bool) -> None:
+        """Leave the process group. A rank that finished waits for the others first: one that left while
+        another still needed it would make gloo abort that one. A failed rank leaves at once."""
+        if not self.ddp:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return
+        if finished:
+            self.barrier()
+        dist.destroy_process_group()
+
+
+def world_size(trainer) -> int:
+    """trainer.devices x trainer.num_nodes, devices=auto being the visible GPUs (1 without one)."""
+    return local_world_size(trainer) * trainer.num_nodes
+
+
+def local_world_size(trainer) -> int:
+    if str(trainer.devices) != "auto":
+        return int(trainer.devices)
+    if os.environ.get("SLURM_NTASKS_PER_NODE"):
+        return int(os.environ["SLURM_NTASKS_PER_NODE"].split("(")[0])
+    import torch
+
+    return max(torch.cuda.device_count(), 1) if trainer.device in ("auto", "cuda") else 1
+
+
+def slurm_tasks() -> int:
+    """How many tasks the SLURM job step this process belongs to has (1 outside one)."""
+    return int(os.environ.get("SLURM_NTASKS", "1")) if os.environ.get("SLURM_PROCID") is not None else 1
+
+
+def join(trainer, rank: int, world: int, local_rank: int, local_world: int, address: str, port: int) -> Ranks:
+    """This process joins the run's process group as `rank`."""
+    import torch
+    import torch.distributed as dist
+
+    from runner.errors import ConfigError
+
+    cuda = torch.cuda.is_available() and trainer.device in ("auto", "cuda")
+    if cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"rank {rank} needs GPU {local_rank} but {torch.cuda.device_count()} are visible; "
+                              f"set trainer.devices to at most the GPUs per node")
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if cuda else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=trainer.collective_timeout_s))
+    control = dist.new_group(backend="gloo") if backend != "gloo" else None
+    log.info("rank %d of %d joined (%s, %s:%d)", rank, world, backend, address, port)
+    return Ranks(rank, world, local_rank, local_world, ddp=True, control=control)
+
+
+def from_slurm(trainer) -> Ranks:
+    """A task of a SLURM job of several tasks, as one rank."""
+    from runner.errors import ConfigError
+
+    world, rank = int(os.environ["SLURM_NTASKS"]), int(os.environ["SLURM_PROCID"])
+    local_world = local_world_size(trainer)
+    expected = local_world * trainer.num_nodes
+    if expected != world:
+        raise ConfigError(f"the SLURM job has {world} tasks but trainer.devices={trainer.devices} x "
+                          f"trainer.num_nodes={trainer.num_nodes} asks for {expected} ranks; set them to match "
+                          f"hydra.launcher.tasks_per_node and hydra.launcher.nodes")
+    nodes = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], capture_output=True,
+                           text=True, check=True).stdout.split()
+    # one port per job: jobs sharing a node must not meet at the same rendezvous
+    port = 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000
+    if rank > 0:  # the run's log is rank 0's; SLURM keeps each task's output besides
+        handler = next((h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
+        if handler is not None:
+            _log_to(Path(handler.baseFilename).with_name(f"runner.rank{rank}.log"), console=True)
+    return join(trainer, rank, world, int(os.environ.get("SLURM_LOCALID", "0")), local_world, nodes[0], port)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- ranks started by the run itself
+
+
+def spawn(cfg_yaml: str, context: dict[str, Any], trainer, world: int) -> None:
+    """Start `world` ranks of the run on this machine and wait for them; forward signals to them, and
+    hand a signal on once they have stopped at it. Raises RankFailed when a rank fails."""
+    import torch.multiprocessing as mp
+
+    from runner.errors import TrialFailed
+    from runner.interrupt import Interruption
+
+    port = free_port()
+    with Interruption() as interruption:
+        processes = mp.start_processes(_rank_main, args=(world, port, cfg_yaml, context), nprocs=world, join=False,
+                                       start_method="spawn")
+        forwarded = None
+        try:
+            while not processes.join(timeout=0.2, grace_period=10):
+                if interruption.requested and interruption.signum != forwarded:
+                    forwarded = interruption.signum
+                    for pid in processes.pids():
+                        _kill(pid, forwarded)
+        except mp.ProcessRaisedException as error:
+            raise RankFailed(error.error_index, str(error)) from None
+        except mp.ProcessExitedException as error:
+            raise TrialFailed(f"rank {error.error_index} of the run died ({error}); see "
+                              f"runner.rank{error.error_index}.log in the run folder") from None
+        if interruption.requested:
+            interruption.hand_over()
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # that rank has ended already
+
+
+class RankFailed(Exception):
+    """A rank raised: `rank` and the traceback it printed."""
+
+    def __init__(self, rank: int, traceback_text: str):
+        lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+        self.rank, self.traceback_text = rank, traceback_text
+        # the exception's last line, `Class: message`; the runner's own errors speak for themselves
+        last = lines[-1] if lines else "failed"
+        self.message = last.split(": ", 1)[-1] if last.startswith("runner.errors.") else last
+        super().__init__(f"rank {rank} failed: {self.message}")
+
+
+def _rank_main(rank: int, world: int, port: int, cfg_yaml: str, context: dict[str, Any]) -> None:
+    """A spawned rank: its own logs, its share of the CPU, the process group, then the run's training."""
+    import torch
+    from omegaconf import OmegaConf
+
+    import runner  # noqa: F401  (the resolvers the config uses)
+    from runner.config import typed_trainer
+    from runner.train import RunContext, RunInterrupted, train_rank
+
+    run_dir = Path(context["run_dir"])
+    _log_to(run_dir / ("runner.log" if rank == 0 else f"runner.rank{rank}.log"), console=rank == 0)
+    cfg = OmegaConf.create(cfg_yaml)
+    trainer = typed_trainer(cfg)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, cores // world))
+    ranks = join(trainer, rank, world, rank, world, "127.0.0.1", port)
+    ranks.spawned = True
+    finished = False
+    try:
+        train_rank(cfg, RunContext(**context), ranks)
+        finished = True
+    except RunInterrupted:
+        finished = True  # the checkpoint is written; the run's own process hands the signal on
+    finally:
+        ranks.close(finished)
+
+
+def _log_to(path: Path, console: bool) -> None:
+    from runner.logs import WithoutTraceback
+
+    fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(file_handler)
+    if console:
+        stream = logging.StreamHandler(sys.stdout)
+        stream.setFormatter(WithoutTraceback(fmt))
+        root.addHandler(stream)
