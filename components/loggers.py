@@ -1,13 +1,18 @@
 """Experiment loggers: the runner hands each one scalars, hparams, images, figures, histograms and text.
 
 A logger implements the calls it can use; the base class ignores the rest. Every logger is built
-with `run_dir`, the run's folder, and `start_step`, the step a resumed run continues from.
+with `run_dir`, the run's folder, and `start_step`, the step a resumed run continues from: what an
+earlier attempt logged up to that step is kept, what it logged after it (it died past its last
+checkpoint) is dropped, as TensorBoard's `purge_step` does.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,14 +38,33 @@ class Logger:
     def close(self) -> None: ...
 
 
+class FreshSteps:
+    """Keeps from a logging call the values a logger has not logged yet: each tag only at a step after
+    the last one it was logged at.
+
+    The runner logs `lr` with the step scalars and with the epoch's, at one step when an epoch ends
+    on a logging step; and everything up to `start_step` was logged by an earlier attempt.
+    """
+
+    def __init__(self, start_step: int):
+        self.start_step = start_step
+        self.last: dict[str, int] = {}
+
+    def __call__(self, metrics: dict[str, float], step: int) -> dict[str, float]:
+        fresh = {tag: value for tag, value in metrics.items() if step > self.last.get(tag, self.start_step)}
+        self.last.update(dict.fromkeys(fresh, step))
+        return fresh
+
+
 class TensorBoardLogger(Logger):
     """TensorBoard events in `run_dir/subdir`."""
 
     def __init__(self, run_dir: str | Path, subdir: str = "tensorboard", start_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        # a resumed run drops what an earlier attempt logged after its checkpoint's step
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / subdir), purge_step=start_step or None)
+        # TensorBoard hides the events of an earlier attempt from purge_step on: keep those up to
+        # start_step (a checkpoint is saved after its epoch's scalars are logged), drop the later ones
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / subdir), purge_step=start_step + 1)
 
     def log_metrics(self, metrics, step):
         for tag, value in metrics.items():
@@ -110,6 +134,9 @@ class CSVLogger(Logger):
 
     def __init__(self, run_dir: str | Path, filename: str = "scalars.csv", start_step: int = 0):
         path = Path(run_dir) / filename
+        self.fresh = FreshSteps(start_step)
+        if path.exists():
+            _keep_rows_up_to(path, start_step)
         is_new = not path.exists()
         self.file = path.open("a", newline="", encoding="utf-8")
         self.writer = csv.writer(self.file)
@@ -117,11 +144,35 @@ class CSVLogger(Logger):
             self.writer.writerow(["step", "tag", "value"])
 
     def log_metrics(self, metrics, step):
-        self.writer.writerows([step, tag, value] for tag, value in metrics.items())
+        self.writer.writerows([step, tag, value] for tag, value in self.fresh(metrics, step).items())
         self.file.flush()
 
     def close(self):
         self.file.close()
+
+
+def _keep_rows_up_to(path: Path, step: int) -> None:
+    """Drop the rows an earlier attempt wrote after `step`; the file is replaced whole, or left as it was."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= step]
+    if len(kept) < len(rows):
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(kept)
+        _replace_file(path, buffer.getvalue())
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class ConsoleLogger(Logger):
