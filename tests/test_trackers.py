@@ -117,7 +117,8 @@ def test_mlflow_run_holds_the_metrics_config_status_and_best_of_the_run(compose_
     artifacts = Path(run.info.artifact_uri)
     assert (artifacts / "config.txt").read_text() == OmegaConf.to_yaml(cfg)
     assert (artifacts / "checkpoints" / "best.pt").read_bytes() == (run_dir / "checkpoints" / "best.pt").read_bytes()
-    assert list((artifacts / "media" / "val" / "predictions").glob("step_00000008.png"))
+    assert (artifacts / "media" / "val" / "predictions" / "step_00000008.png").is_file()
+    assert (artifacts / "media" / "val" / "confusion_matrix" / "step_00000008.png").is_file()
 
 
 def test_interrupted_and_resumed_run_is_one_mlflow_run_without_duplicate_steps(compose_cfg, tmp_path, outputs,
@@ -295,6 +296,7 @@ def test_wandb_offline_run_holds_scalars_config_summary_images_histograms_and_re
         assert row["val/acc"] == pytest.approx(epoch["val/acc"]) and row["train/loss"] == pytest.approx(epoch["train/loss"])
         assert row["val/predictions._type"] == "images/separated" and row["val/predictions.count"] == 5
         assert len(row["val/predictions.captions"]) == 5 and all("✓" in c or "✗" in c for c in row["val/predictions.captions"])
+        assert row["val/confusion_matrix._type"] == "image-file"
         assert any(key.startswith("weights/") and key.endswith("._type") and row[key] == "histogram" for key in row)
         assert any(key.startswith("gradients/") for key in row)
     images = list(run_dir.glob("wandb/offline-run-*/files/media/images/val/predictions_*.png"))
