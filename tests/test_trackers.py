@@ -92,6 +92,17 @@ def assert_epochs_match_metrics_csv(client, run, run_dir: Path) -> None:
 # ---------------------------------------------------------------- MLflow
 
 
+def test_tracker_settings_follow_their_environment_variables(compose_cfg, monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_cfg(["logger=[mlflow,wandb]", f"paths.output_dir={tmp_path}"])
+    assert (cfg.logger.mlflow.tracking_uri, cfg.logger.wandb.mode) == (f"sqlite:///{tmp_path}/mlflow.db", "offline")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert (cfg.logger.mlflow.tracking_uri, cfg.logger.wandb.mode) == ("http://127.0.0.1:5000", "disabled")
+
+
+
 def test_mlflow_run_holds_the_metrics_config_status_and_best_of_the_run(compose_cfg, tmp_path, outputs):
     run_dir = tmp_path / "run"
     overrides = [*SMALL, "logger=mlflow", "logger.mlflow.log_best_checkpoint=true", "optimizer=sgd"]
