@@ -18,8 +18,10 @@ from runner.errors import ConfigError, DataError
 
 # config groups whose nodes the runner instantiates
 GROUPS = ("dataset", "model", "task", "loss", "optimizer", "scheduler", "logger", "callbacks")
-# what the runner passes itself: loggers get `run_dir` and `start_step`
-RUNNER_SUPPLIED = {"logger": {"run_dir", "start_step"}, "optimizer": {"params"}, "scheduler": {"optimizer", "steps_per_epoch"}}
+# what the runner passes itself: loggers get `run_dir` and `start_step`, and `sweep_dir`, `hparams`
+# and `choices` if they name them (components/loggers.py)
+RUNNER_SUPPLIED = {"logger": {"run_dir", "start_step", "sweep_dir", "hparams", "choices"}, "optimizer": {"params"},
+                   "scheduler": {"optimizer", "steps_per_epoch"}}
 SIMPLE_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
 LOSS_CONFIGS = CONF_DIR / "loss"
 

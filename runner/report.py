@@ -213,17 +213,25 @@ def swept_parameters(trials: list[Trial]) -> dict[str, dict[str, object]]:
     """Override keys whose values differ between trials (or are missing in some): what the sweep varied."""
     texts: dict[str, dict[str, str]] = {}
     for trial in trials:
-        for override in trial.overrides:
-            key, sep, value = override.partition("=")
-            # `~key` deletes a config entry: it sets no value to compare
-            if sep and not key.startswith("~"):
-                texts.setdefault(key.lstrip("+"), {})[trial.name] = value
+        for key, value in set_values(trial).items():
+            texts.setdefault(key, {})[trial.name] = value
     swept = {
         key: values
         for key, values in texts.items()
         if len(set(values.values())) > 1 or len(values) < len(trials)
     }
     return {key: _typed_alike(swept[key]) for key in sorted(swept)}
+
+
+def set_values(trial: Trial) -> dict[str, str]:
+    """The config values a trial's overrides set, key -> value as typed."""
+    values = {}
+    for override in trial.overrides:
+        key, sep, value = override.partition("=")
+        # `~key` deletes a config entry: it sets no value to compare
+        if sep and not key.startswith("~"):
+            values[key.lstrip("+")] = value
+    return values
 
 
 def _typed_alike(texts: dict[str, str]) -> dict[str, object]:
@@ -615,6 +623,68 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+# ---------------------------------------------------------------- trackers
+
+# the logger options; those whose class has `log_sweep` can take a sweep's summary
+LOGGER_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "logger"
+
+
+def trackers() -> dict[str, str]:
+    """Logger options (conf/logger/NAME.yaml) whose class takes a sweep's summary: name -> `_target_`."""
+    found = {}
+    for path in sorted(LOGGER_CONFIGS.glob("*.yaml")):
+        for node in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).values():
+            if isinstance(node, dict) and takes_sweeps(node.get("_target_")):
+                found[path.stem] = node["_target_"]
+    return found
+
+
+def takes_sweeps(target: str | None) -> bool:
+    from hydra.utils import get_object
+
+    return target is not None and hasattr(get_object(target), "log_sweep")
+
+
+def tracker_summary(sweep: Sweep) -> dict:
+    """The sweep as plain data for a tracker: its objective, best trial, status counts, settings every
+    trial shares (the parent run's params), each trial's rank, the ranked table as summary.csv holds
+    it, the printed table, and the report files to attach."""
+    counts = Counter(t.status for t in sweep.trials)
+    shared = _shared_overrides(sweep.trials)
+    with (sweep.path / SUMMARY_FILE).open(newline="", encoding="utf-8") as f:
+        columns, *rows = list(csv.reader(f))
+    best = sweep.best
+    return {
+        "name": sweep.path.name,
+        "metric": sweep.metric,
+        "goal": sweep.goal,
+        "best": None if best is None else {"name": best.name, "value": best.value, "epoch": best.best_epoch},
+        "counts": {status: counts[status] for status in STATUSES},
+        "params": {"objective.metric": sweep.metric, "objective.goal": sweep.goal, **shared},
+        "trials": [{"name": t.name, "run_dir": str(t.path), "status": t.status, "value": t.value,
+                    "rank": sweep.rank_of(t)} for t in sweep.trials],
+        "table": {"columns": columns, "rows": rows},
+        "text": format_table(sweep),
+        "files": [str(sweep.path / name) for name in (SUMMARY_FILE, BEST_FILE, PLOT_FILE) if (sweep.path / name).is_file()],
+    }
+
+
+def _shared_overrides(trials: list[Trial]) -> dict[str, str]:
+    """The values every trial's overrides set alike: the sweep's fixed settings."""
+    first, *others = [set_values(trial) for trial in trials]
+    return {key: value for key, value in sorted(first.items()) if all(o.get(key) == value for o in others)}
+
+
+def push_to_tracker(sweep: Sweep, target: str) -> str:
+    """Send the sweep's summary (tracker_summary) to the tracker whose logger class is `target`; says where it went."""
+    from hydra.utils import get_object
+
+    try:
+        return get_object(target).log_sweep(sweep.path, tracker_summary(sweep))
+    except Exception as error:
+        raise SweepReportError(f"could not send the sweep's summary to {target}: {error}") from error
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -659,7 +729,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help=f"redraw the table every SECONDS (default {WATCH_SECONDS:g}) while the sweep runs; Ctrl-C stops",
     )
+    parser.add_argument(
+        "--tracker",
+        choices=sorted(trackers()),
+        help="also send the summary to this tracker, which the trials logged to: the sweep's run gets the "
+        "shared settings as params, the ranked table and report.png, each trial's run its rank",
+    )
     args = parser.parse_args(argv)
+    if args.tracker and args.watch is not None:
+        parser.error("--tracker sends the summary once: use it without --watch")
     if not args.sweep_dir.is_dir():
         problem = "is a file, not a folder" if args.sweep_dir.exists() else "does not exist"
         parser.error(f"sweep folder {args.sweep_dir} {problem}")
@@ -677,6 +755,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_table(sweep))
     print(f"\nReport written to {sweep.path}: {SUMMARY_FILE}, {HISTORY_FILE}, {BEST_FILE}, {PLOT_FILE}, {HPARAMS_DIR}/")
+    if args.tracker:
+        try:
+            print(f"Summary sent to {push_to_tracker(sweep, trackers()[args.tracker])}")
+        except SweepReportError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

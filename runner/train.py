@@ -29,7 +29,8 @@ from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LA
 log = logging.getLogger(__name__)
 
 # what a fresh start moves aside (never deletes) when trainer.resume=never
-RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl", ".hydra")
+RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl", ".hydra",
+                 "mlflow_run.json", "wandb_run.json", "wandb")
 
 
 @dataclasses.dataclass
@@ -260,7 +261,7 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord | N
         if context.sweep_dir is not None and cfg.pruner:
             pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
                                  metric=cfg.objective.metric, goal=cfg.objective.goal)
-        callbacks = build_callbacks(cfg, trainer, record, pruner, in_sweep=context.sweep_dir is not None)
+        callbacks = build_callbacks(cfg, trainer, record, pruner, context.sweep_dir)
     else:
         callbacks = rank_callbacks()
     fit = Fit(cfg, trainer, context.run_dir, callbacks, ranks=ranks,

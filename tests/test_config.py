@@ -129,7 +129,8 @@ def test_every_option_builds_its_targets_and_fits_its_model(compose_cfg, data_di
 def test_every_logger_option_trains(compose_cfg, tmp_path, logger):
     from runner.train import RunContext, train
 
-    cfg = compose_cfg(["dataset=synthetic", "trainer=debug", f"logger={logger}"])
+    # trackers keep their stores under paths.output_dir (MLflow's SQLite file): not in the repository's outputs/
+    cfg = compose_cfg(["dataset=synthetic", "trainer=debug", f"logger={logger}", f"paths.output_dir={tmp_path}"])
     train(cfg, RunContext(run_dir=tmp_path))
     assert read_result(tmp_path)["status"] == "completed"
     if logger in ("csv", "all"):
