@@ -42,6 +42,35 @@ def compose_cfg():
 
 
 @pytest.fixture
+def signal_at_step(monkeypatch):
+    """`arm(n)` makes a SIGTERM arrive right after optimizer step n, as a scheduler's signal would, until
+    `disarm()`; the run saves a checkpoint at that step and ends (SystemExit)."""
+    import signal
+
+    from runner import fit as fit_module
+
+    original = fit_module.Fit._step
+
+    def arm(step: int) -> None:
+        calls = {"n": 0}
+
+        def step_then_signal(self, *args):
+            out = original(self, *args)
+            calls["n"] += 1
+            if calls["n"] == step:
+                signal.raise_signal(signal.SIGTERM)
+            return out
+
+        monkeypatch.setattr(fit_module.Fit, "_step", step_then_signal)
+
+    def disarm() -> None:
+        monkeypatch.setattr(fit_module.Fit, "_step", original)
+
+    arm.disarm = disarm
+    return arm
+
+
+@pytest.fixture
 def run_cli(tmp_path):
     """Run `python -m runner ARGS` as a user would; outputs under tmp_path unless ARGS say otherwise."""
 

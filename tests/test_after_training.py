@@ -85,30 +85,16 @@ def test_evaluate_works_on_a_run_folder_copied_elsewhere_and_refuses_clearly(com
     assert not_a_checkpoint.read_bytes() == b"not a checkpoint"
 
 
-def test_every_checkpoint_the_runner_writes_is_plain_data(compose_cfg, tmp_path, monkeypatch):
+def test_every_checkpoint_the_runner_writes_is_plain_data(compose_cfg, tmp_path, signal_at_step):
     """best.pt, last.pt, the epoch checkpoints and a mid-epoch one (with its metric states) all load
     with weights_only=True."""
-    import signal
-
-    from runner import fit as fit_module
-
-    original = fit_module.Fit._step
-    calls = {"n": 0}
-
-    def step_then_signal(self, *args):
-        out = original(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 6:
-            signal.raise_signal(signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(fit_module.Fit, "_step", step_then_signal)
+    signal_at_step(6)
     overrides = [*TINY, "trainer.max_epochs=2", "callbacks=epoch_checkpoints", "callbacks.epoch_checkpoints.every_n_epochs=1"]
     with pytest.raises(SystemExit):
         fit(compose_cfg, tmp_path, overrides)
     mid_epoch = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert mid_epoch["progress"]["batch_in_epoch"] == 6 and mid_epoch["progress"]["partial"]["metrics"]["acc"]["states"]
-    monkeypatch.setattr(fit_module.Fit, "_step", original)
+    signal_at_step.disarm()
     fit(compose_cfg, tmp_path, overrides)
     files = sorted((tmp_path / "checkpoints").glob("*.pt"))
     assert [p.name for p in files] == ["best.pt", "epoch_0001.pt", "epoch_0002.pt", "last.pt"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -133,26 +132,16 @@ def test_mlflow_run_holds_the_metrics_config_status_and_best_of_the_run(compose_
 
 
 def test_interrupted_and_resumed_run_is_one_mlflow_run_without_duplicate_steps(compose_cfg, tmp_path, outputs,
-                                                                               monkeypatch):
+                                                                               signal_at_step):
     run_dir, overrides = tmp_path / "run", [*SMALL, "logger=mlflow"]
-    original_step = fit_module.Fit._step
-    calls = {"n": 0}
-
-    def step_then_signal(self, *args):
-        out = original_step(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 6:  # in the second epoch
-            signal.raise_signal(signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(fit_module.Fit, "_step", step_then_signal)
+    signal_at_step(6)  # in the second epoch
     with pytest.raises(SystemExit):
         fit(compose_cfg, run_dir, overrides, outputs)
     client = mlflow_client(outputs)
     (interrupted,) = runs_of(client)
     assert interrupted.info.status == "KILLED" and interrupted.data.tags["status"] == "interrupted"
 
-    monkeypatch.setattr(fit_module.Fit, "_step", original_step)
+    signal_at_step.disarm()
     fit(compose_cfg, run_dir, overrides, outputs)
     (run,) = runs_of(client)
     assert run.info.run_id == interrupted.info.run_id
@@ -270,24 +259,14 @@ def wandb_files(run_dir: Path) -> list[Path]:
 
 
 def test_wandb_offline_run_holds_scalars_config_summary_images_histograms_and_resumes_its_id(
-        compose_cfg, tmp_path, outputs, monkeypatch):
+        compose_cfg, tmp_path, outputs, signal_at_step):
     run_dir = tmp_path / "run"
     overrides = [*SMALL, "logger=wandb", "trainer.histograms_every_n_epochs=1", "trainer.predictions_every_n_epochs=1",
                  "trainer.num_prediction_samples=5"]
-    original_step = fit_module.Fit._step
-    calls = {"n": 0}
-
-    def step_then_signal(self, *args):
-        out = original_step(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 6:
-            signal.raise_signal(signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(fit_module.Fit, "_step", step_then_signal)
+    signal_at_step(6)
     with pytest.raises(SystemExit):
         fit(compose_cfg, run_dir, overrides, outputs)
-    monkeypatch.setattr(fit_module.Fit, "_step", original_step)
+    signal_at_step.disarm()
     fit(compose_cfg, run_dir, overrides, outputs)
 
     first, second = wandb_files(run_dir)

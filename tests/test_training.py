@@ -120,30 +120,16 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(compose_cfg, tmp_pat
     assert all(torch.equal(weights_whole[k], weights_cut[k]) for k in weights_whole)
 
 
-def test_interrupted_mid_epoch_resumes_exactly(compose_cfg, tmp_path, monkeypatch):
+def test_interrupted_mid_epoch_resumes_exactly(compose_cfg, tmp_path, signal_at_step):
     """A signal mid-epoch saves the exact state; the next run picks up at the same batch."""
-    import signal
-
-    from runner import fit as fit_module
-
     common = ["dataset=synthetic", "model=cnn", "trainer.deterministic=true", "logger=none", "trainer.max_epochs=2"]
     fit(compose_cfg, tmp_path / "whole", common)
 
-    original_step = fit_module.Fit._step
-    calls = {"n": 0}
-
-    def step_then_signal(self, *args):
-        out = original_step(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 6:  # in the second epoch (4 steps per epoch)
-            signal.raise_signal(signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(fit_module.Fit, "_step", step_then_signal)
+    signal_at_step(6)  # in the second epoch (4 steps per epoch)
     with pytest.raises(SystemExit):
         fit(compose_cfg, tmp_path / "cut", common)
     assert read_result(tmp_path / "cut")["status"] == "interrupted"
-    monkeypatch.setattr(fit_module.Fit, "_step", original_step)
+    signal_at_step.disarm()
     fit(compose_cfg, tmp_path / "cut", common)
     drop = ("time_s", "train/samples_per_s")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
