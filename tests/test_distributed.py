@@ -70,7 +70,7 @@ def wait_for(condition, timeout: float = 240) -> None:
 
 
 def test_a_two_process_run_interrupted_mid_epoch_resumes_exactly(tmp_path):
-    args = [*COMMON, *DDP2, "dataset.num_train=4096", "trainer.batch_size=16", "trainer.max_epochs=2"]
+    args = [*COMMON, *DDP2, "dataset.num_train=2048", "trainer.batch_size=16", "trainer.max_epochs=2"]
     env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
     command = [sys.executable, "-m", "runner", *args]
     whole = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=REPO, env=env,
