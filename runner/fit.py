@@ -260,6 +260,23 @@ class Fit:
         checkpoint.restore_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
 
+    def take_over(self, state: dict[str, Any]) -> None:
+        """Go on from another run's checkpoint (PBT's exploit): its weights, optimizer, scheduler, grad
+        scaler, epoch, step and random states. This run keeps its own history, objective, callbacks
+        and config; the caller made sure the other run trains the same model (no config check here)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress.epoch, self.progress.step = state["progress"]["epoch"], state["progress"]["step"]
+        checkpoint.restore_rng_state(state["rng"])
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Train the next epochs with batches of `batch_size` (PBT); an epoch's steps follow."""
+        self.trainer.batch_size = batch_size
+        self.steps_per_epoch = batches_per_epoch(len(self.train_data), batch_size, self.trainer.limit_train_batches)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
