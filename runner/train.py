@@ -26,7 +26,8 @@ from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LA
 log = logging.getLogger(__name__)
 
 # what a fresh start moves aside (never deletes) when trainer.resume=never
-RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl", ".hydra")
+RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl",
+                 "pbt_policy.jsonl", ".hydra")
 
 
 @dataclass
@@ -186,24 +187,30 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord, re
     # torch and everything built on it load only now: config errors above stay instant
     from hydra.utils import instantiate
 
-    from runner import checkpoint
+    from runner import checkpoint, pbt
     from runner.fit import Fit
     from runner.resume import check_resume
 
     last = context.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     saved = None
+    composed = cfg
+    population = pbt.build(cfg, context)
     if resuming:
         saved = checkpoint.load(last)
+        if population is not None:
+            # a PBT trial resumes with the hyperparameters it had reached (its effective config)
+            cfg = population.resumed_config(cfg, saved["config"])
+            trainer = config_checks.typed_trainer(cfg)
         check_resume(saved["config"], cfg, last, saved["progress"]["epoch"])
     pruner = None
     if context.sweep_dir is not None and cfg.pruner:
         pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
                              metric=cfg.objective.metric, goal=cfg.objective.goal)
-    callbacks = build_callbacks(cfg, trainer, record, pruner, in_sweep=context.sweep_dir is not None)
+    callbacks = build_callbacks(cfg, trainer, record, pruner, in_sweep=context.sweep_dir is not None, pbt=population)
     fit = Fit(cfg, trainer, context.run_dir, callbacks, git_commit=record.result["git_commit"])
     if saved is not None:
         fit.resume_from(saved, last)
-        save_run_config(cfg, context.run_dir)
+        save_run_config(composed, context.run_dir)
     outcome = fit.run()
     log.info("%s: %s=%s (best, epoch %s)%s", outcome.status, outcome.objective.metric, outcome.objective.value,
              outcome.objective.epoch, f"; {outcome.reason}" if outcome.reason else "")
