@@ -130,6 +130,18 @@ def test_a_bad_space_is_refused_by_name(spec, message):
     assert "pbt.mutations.optimizer.lr=" in str(error.value)
 
 
+def test_trial_folders_of_a_sweep_with_long_overrides_stay_within_the_filesystems_limit():
+    from runner.resolvers import MAX_FOLDER_NAME_BYTES, folder_name
+
+    mutation = 'pbt.mutations.optimizer.lr="tag(log,interval(0.0001,1))"'
+    long = ",".join([f"optimizer.lr={0.015676677195506063 + i}" for i in range(2)] + [mutation] * 4)
+    other = long.replace("0.0156", "0.0157")
+    assert len(long) > 255
+    assert len(folder_name(long).encode()) == MAX_FOLDER_NAME_BYTES
+    assert folder_name(long).startswith(long[:150]) and folder_name(long) != folder_name(other)
+    assert folder_name("objective.metric=val/f1") == "objective.metric=val_f1"
+
+
 # --- what may be mutated ------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("override", "message"), [
