@@ -71,7 +71,8 @@ MUTABLE_TEXT = ("optimizer.<setting> (lr, momentum, weight_decay, ... as the opt
                 "them), trainer.batch_size, trainer.gradient_clip_val and loss.criterion.<setting>")
 # what a mutation of a key under these would change, so that a donor's weights would not fit or
 # would have been trained on something else
-REFUSED = {"model": "the model (its shape or layers)", "dataset": "the data", "task": "the task (its outputs and metrics)"}
+REFUSED = {"model": "the model (its shape or layers)", "dataset": "the data",
+           "task": "the task (its outputs and metrics)"}
 SPACE_SYNTAX = "interval(a, b), tag(log, interval(a, b)) or choice(a, b, ...)"
 
 
@@ -236,7 +237,8 @@ def key_problem(key: str, cfg: DictConfig | None) -> str | None:
         return (f"pbt.mutations: {key} is not in the config" + (f" ({target} has: {settings})" if settings else ""))
     value = OmegaConf.select(cfg, key)
     if isinstance(value, (DictConfig, ListConfig)):
-        return f"pbt.mutations: {key} is a {'list' if isinstance(value, ListConfig) else 'group'} of values; PBT changes one number or choice per key"
+        kind = "list" if isinstance(value, ListConfig) else "group"
+        return f"pbt.mutations: {key} is a {kind} of values; PBT changes one number or choice per key"
     return None
 
 

@@ -470,7 +470,8 @@ def test_the_report_shows_the_best_trials_schedule_ancestry_and_replay(pbt_sweep
     sweep = report(pbt_sweep)
     text = format_table(sweep)
     policy = read_policy(sweep.best.path)
-    assert f"PBT: 12 perturbation points recorded, {sum(r['decision'] == 'exploit' for r in read_records(pbt_sweep))} exploits" in text
+    exploits = sum(r["decision"] == "exploit" for r in read_records(pbt_sweep))
+    assert f"PBT: 12 perturbation points recorded, {exploits} exploits" in text
     assert f"Schedule of the best trial #{sweep.best.number}" in text
     assert "Ancestry: #" + policy[0]["trial"].split("_")[0] in text
     best = yaml.safe_load((pbt_sweep / "best.yaml").read_text())
