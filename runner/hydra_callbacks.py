@@ -79,9 +79,9 @@ def check_nevergrad(optim: DictConfig, objective: DictConfig) -> None:
 def check_pbt(config: DictConfig) -> None:
     """PBT's settings and mutations, once before any trial starts (each trial checks them again
     against its own config, where the keys must exist: its optimizer may be another)."""
+    from runner.config import _bullets
     from runner.pbt import config_problems
 
     problems = config_problems(config, keys_exist=False)
     if problems:
-        stop("\n".join(["Invalid config:", *(f"  - {p}" for p in problems)]) if len(problems) > 1
-             else f"Invalid config: {problems[0]}")
+        stop(_bullets(problems))

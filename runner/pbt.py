@@ -52,9 +52,9 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.callbacks import Callback
-from runner.config import leaves
+from runner.config import _bullets, leaves
 from runner.errors import ConfigError, TrialFailed
-from runner.pruning import SharedLog, _read_jsonl
+from runner.pruning import SharedLog, _finite_or_none, _read_jsonl
 from runner.resolvers import GOALS
 from runner.results import BEST_CHECKPOINT, now, write_text_atomic
 
@@ -134,12 +134,6 @@ class Space:
         if self.integer and moved == value and factor != 1:
             moved = self.clip(value + (1 if factor > 1 else -1))
         return moved
-
-    def describe(self) -> str:
-        if self.choices is not None:
-            return f"choice({', '.join(map(str, self.choices))})"
-        kind = "integer" if self.integer else "log" if self.log else "uniform"
-        return f"{kind} [{self.low:g}, {self.high:g}]"
 
 
 def explore(values: dict[str, Any], spaces: dict[str, Space], rng: random.Random, factors: tuple[float, ...],
@@ -244,11 +238,19 @@ def key_problem(key: str, cfg: DictConfig | None) -> str | None:
 
 def parse_mutations(mutations: Any, cfg: DictConfig | None) -> dict[str, Space]:
     """Every mutation checked and parsed; one ConfigError listing every mistake."""
+    spaces, problems = mutation_spaces(mutations, cfg)
+    if problems:
+        raise ConfigError(_bullets(problems))
+    return spaces
+
+
+def mutation_spaces(mutations: Any, cfg: DictConfig | None) -> tuple[dict[str, Space], list[str]]:
+    """The spaces of the mutations that can work, and what is wrong with the others."""
     problems, spaces = [], {}
     flat = flat_mutations(mutations)
     if not flat:
-        problems.append(f"pbt.mutations is empty: name the keys PBT may change and their spaces, e.g. "
-                        f"pbt.mutations={{optimizer.lr: 'tag(log, interval(1e-4, 1e-1))'}} ({MUTABLE_TEXT})")
+        problems.append(f"pbt.mutations is empty: name the keys PBT may change ({MUTABLE_TEXT}) and their "
+                        f"spaces, e.g. '+pbt.mutations.optimizer.lr=\"tag(log, interval(1e-4, 1e-1))\"'")
     for key, spec in flat.items():
         problem = key_problem(key, cfg)
         if problem:
@@ -258,9 +260,7 @@ def parse_mutations(mutations: Any, cfg: DictConfig | None) -> dict[str, Space]:
             spaces[key] = parse_space(key, spec, OmegaConf.select(cfg, key) if cfg is not None else None)
         except ConfigError as error:
             problems.append(str(error))
-    if problems:
-        raise ConfigError(_bullets(problems))
-    return spaces
+    return spaces, problems
 
 
 def settings_problems(perturbation_interval: Any, burn_in: Any, quantile_fraction: Any, resample_probability: Any,
@@ -300,13 +300,8 @@ def config_problems(cfg: DictConfig, keys_exist: bool = True) -> list[str]:
         return []
     settings = {name: node.get(name) for name in ("perturbation_interval", "burn_in", "quantile_fraction",
                                                   "resample_probability", "perturbation_factors")}
-    problems = settings_problems(**settings)
-    try:
-        spaces = parse_mutations(node.get("mutations"), cfg if keys_exist else None)
-    except ConfigError as error:
-        text = str(error).removeprefix("Invalid config:").strip()
-        problems += [line.strip().removeprefix("- ") for line in text.splitlines() if line.strip()]
-        spaces = {}
+    spaces, mutation_problems = mutation_spaces(node.get("mutations"), cfg if keys_exist else None)
+    problems = settings_problems(**settings) + mutation_problems
     if cfg.get("pruner") and "_target_" in cfg.pruner:
         problems.append("pbt and a pruner cannot be combined: PBT gives the bottom trials the weights of the top "
                         "ones instead of stopping them; use pruner=none")
@@ -700,8 +695,7 @@ class Replay(Callback):
 
     needs_sweep = False
 
-    def __init__(self, *, cfg: DictConfig, policy: str | None, sweep_dir: Path | str | None = None,
-                 trial: str | None = None) -> None:
+    def __init__(self, *, cfg: DictConfig, policy: str | None) -> None:
         if not policy:
             raise ConfigError("pbt=replay needs pbt.policy=<a PBT trial's folder or its pbt_policy.jsonl>")
         self.path = policy_path(policy)
@@ -750,10 +744,12 @@ def build(cfg: DictConfig, context) -> Callback | None:
     if not node or "_target_" not in node:
         return None
     kind = get_class(node._target_)
-    if getattr(kind, "needs_sweep", False) and context.sweep_dir is None:
+    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+    if not getattr(kind, "needs_sweep", False):
+        return kind(cfg=cfg, **settings)
+    if context.sweep_dir is None:
         log.warning("%s acts across a sweep's trials (--multirun); this single run trains without it", kind.__name__)
         return None
-    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
     return kind(cfg=cfg, sweep_dir=context.sweep_dir, trial=context.trial, **settings)
 
 
@@ -801,10 +797,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
 def _text(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -812,8 +804,3 @@ def _text(value: Any) -> str:
 def _values_text(values: dict[str, Any]) -> str:
     return ", ".join(f"{key}={_text(value)}" for key, value in values.items())
 
-
-def _bullets(problems: list[str]) -> str:
-    if len(problems) == 1:
-        return f"Invalid config: {problems[0]}"
-    return "Invalid config:\n" + "\n".join(f"  - {p}" for p in problems)

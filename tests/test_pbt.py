@@ -153,6 +153,7 @@ def test_trial_folders_of_a_sweep_with_long_overrides_stay_within_the_filesystem
     ('+pbt.mutations.optimizer.momentum="interval(0.5, 0.99)"', r"optimizer.momentum is not in the config "
                                                                 r"\(torch.optim.Adam has: lr, betas"),
     ('+pbt.mutations.optimizer.betas="interval(0.5, 0.99)"', "betas is a list of values"),
+    ("~pbt.mutations.optimizer.lr", "pbt.mutations is empty"),
     ("pruner=asha", "pbt and a pruner cannot be combined"),
     ("trainer.eval_every_n_epochs=3", "perturbation_interval=2 must be a multiple of trainer.eval_every_n_epochs=3"),
     ("pbt.quantile_fraction=0.75", r"pbt.quantile_fraction=0.75 must be a number in \(0, 0.5\]"),
