@@ -489,9 +489,11 @@ def group_choices() -> dict[str, str]:
     return {group: choice for group, choice in choices.items() if not group.startswith("hydra") and choice is not None}
 
 
-def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, sweep_dir) -> dict[str, Any]:
+def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, sweep_dir,
+                    pbt: Callback | None = None) -> dict[str, Any]:
     """The run's callbacks by name, in the order they are asked: stopping rules, the user's own,
-    pruning, loggers and media, checkpoints, and the record last (it sees every decision)."""
+    pruning or PBT (runner.pbt; before the checkpoints, which then hold what an exploit copied),
+    loggers and media, checkpoints, and the record last (it sees every decision)."""
     from runner.build import build
 
     callbacks: dict[str, Any] = {}
@@ -499,7 +501,7 @@ def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, swee
         callbacks["objective_threshold"] = ObjectiveThreshold(trainer.stop.objective_threshold)
     if trainer.early_stopping.patience is not None:
         callbacks["early_stopping"] = EarlyStopping(trainer.early_stopping.patience, trainer.early_stopping.min_delta)
-    builtin = {"objective_threshold", "early_stopping", "pruning", "time_budget", "test", "loggers", "media",
+    builtin = {"objective_threshold", "early_stopping", "pruning", "pbt", "time_budget", "test", "loggers", "media",
                "checkpoint", "record"}
     for name, node in (cfg.get("callbacks") or {}).items():
         if not node:
@@ -510,6 +512,8 @@ def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, swee
         callbacks[name] = build(node, f"callbacks.{name}")
     if pruner is not None:
         callbacks["pruning"] = Pruning(pruner)
+    if pbt is not None:
+        callbacks["pbt"] = pbt
     if trainer.stop.time_budget_s is not None:
         callbacks["time_budget"] = TimeBudget(trainer.stop.time_budget_s)
     callbacks["test"] = TestStage()

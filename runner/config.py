@@ -139,6 +139,10 @@ def validate(cfg: DictConfig) -> None:
             problems.append("scheduler.fn must name a scheduler with _target_ (see conf/scheduler/)")
         _choice(problems, "scheduler.interval", cfg.scheduler.get("interval"), SCHEDULER_INTERVALS)
 
+    from runner.pbt import config_problems as pbt_problems
+
+    problems += pbt_problems(cfg)
+
     if problems:
         raise ConfigError(_bullets(problems))
 

@@ -258,17 +258,11 @@ class Fit:
     # ------------------------------------------------------------------ checkpoints
     def resume_from(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint's state (runner.checkpoint.load; runner.resume checked its config)."""
-        from runner.resume import continue_scheduler, scheduler_changed
+        from runner.resume import scheduler_changed
 
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state.get("scheduler") is not None:
-                if scheduler_changed(OmegaConf.create(state["config"]), self.cfg):
-                    continue_scheduler(self.scheduler, state["scheduler"])
-                else:
-                    self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            self._load_training_state(state, rebuild_scheduler=scheduler_changed(OmegaConf.create(state["config"]),
+                                                                                 self.cfg))
         except (RuntimeError, KeyError, ValueError) as error:
             raise ConfigError(
                 f"cannot resume from {path}: it was saved by a different model or optimizer ({error}). "
@@ -284,6 +278,34 @@ class Fit:
             self.progress.partial = own["partial"]
         checkpoint.restore_rng_state(own["rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
+
+    def take_over(self, state: dict[str, Any]) -> None:
+        """Go on from another run's checkpoint (PBT's exploit): its weights, optimizer, scheduler, grad
+        scaler, epoch, step and random states. This run keeps its own history, objective, callbacks
+        and config; the caller made sure the other run trains the same model (no config check here)."""
+        self._load_training_state(state, rebuild_scheduler=False)
+        self.progress.epoch, self.progress.step = state["progress"]["epoch"], state["progress"]["step"]
+        checkpoint.restore_rng_state(state["rng"])
+
+    def _load_training_state(self, state: dict[str, Any], rebuild_scheduler: bool) -> None:
+        """The model's weights, the optimizer's, scheduler's and grad scaler's states; a scheduler built for
+        a new length continues at the saved one's step instead (runner.resume)."""
+        from runner.resume import continue_scheduler
+
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            if rebuild_scheduler:
+                continue_scheduler(self.scheduler, state["scheduler"])
+            else:
+                self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Train the next epochs with batches of `batch_size` (PBT); an epoch's steps follow."""
+        self.trainer.batch_size = batch_size
+        self.steps_per_epoch = batches_per_epoch(len(self.train_data), batch_size, self.trainer.limit_train_batches,
+                                                 self.ranks.world)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -48,6 +48,7 @@ class Preflight(Callback):
         optim = config.hydra.sweeper.get("optim")
         if optim is not None:
             check_nevergrad(optim, config.objective)
+        check_pbt(config)
 
 
 def stop(message: str) -> None:
@@ -81,3 +82,14 @@ def check_nevergrad(optim: DictConfig, objective: DictConfig) -> None:
         stop(f"hydra.sweeper.optim.budget={optim.budget} must be >= 1")
     log.info("Nevergrad %s: %d trials, %d at a time, %s %s", name, optim.budget, optim.num_workers,
              "maximizing" if optim.maximize else "minimizing", objective.metric)
+
+
+def check_pbt(config: DictConfig) -> None:
+    """PBT's settings and mutations, once before any trial starts (each trial checks them again
+    against its own config, where the keys must exist: its optimizer may be another)."""
+    from runner.config import _bullets
+    from runner.pbt import config_problems
+
+    problems = config_problems(config, keys_exist=False)
+    if problems:
+        stop(_bullets(problems))

@@ -374,7 +374,7 @@ class SharedLog:
                 lock.acquire()
         except filelock.Timeout as error:
             raise TrialFailed(
-                f"waited {LOCK_TIMEOUT_S:g} s for the pruning lock {self.lock_path}; if no trial of "
+                f"waited {LOCK_TIMEOUT_S:g} s for the lock {self.lock_path}; if no trial of "
                 f"this sweep is running, a killed one left it behind: delete it and run again"
             ) from error
         try:

@@ -343,6 +343,9 @@ def write_best_yaml(sweep: Sweep) -> None:
         "test_metrics": best.test_metrics or None,
         "run_dir": str(best.path),
     }
+    lineage = pbt_lineage(best)
+    if lineage is not None:
+        record["pbt"] = lineage
     # no line wrapping: the command is meant to be copied whole
     write_text_atomic(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True, width=math.inf))
 
@@ -469,7 +472,8 @@ def draw_report_png(sweep: Sweep) -> None:
     from matplotlib.ticker import MaxNLocator
 
     parameters = sweep.numeric_parameters()
-    panels = 2 + len(parameters)
+    records = pbt_records(sweep)
+    panels = 2 + len(parameters) + bool(records)
     columns = min(panels, 3)
     rows = -(-panels // columns)
     figure = Figure(figsize=(5.2 * columns, 3.8 * rows), layout="constrained")
@@ -483,6 +487,8 @@ def draw_report_png(sweep: Sweep) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax, key in zip(axes[2:], parameters):
         _draw_objective_against(ax, sweep, key)
+    if records:
+        _draw_pbt(axes[2 + len(parameters)], sweep, records)
     for ax in axes[panels:]:
         ax.set_visible(False)
     buffer = io.BytesIO()
@@ -599,6 +605,9 @@ def format_table(sweep: Sweep) -> str:
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines.append("")
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *body]]
+    pbt_text = format_pbt(sweep)
+    if pbt_text:
+        lines += ["", pbt_text]
     return "\n".join(lines)
 
 
@@ -683,6 +692,111 @@ def push_to_tracker(sweep: Sweep, target: str) -> str:
         return get_object(target).log_sweep(sweep.path, tracker_summary(sweep))
     except Exception as error:
         raise SweepReportError(f"could not send the sweep's summary to {target}: {error}") from error
+
+
+# ---------------------------------------------------------------- Population Based Training
+
+
+def pbt_records(sweep: Sweep) -> list[dict]:
+    """The sweep's PBT records (runner.pbt's global log), [] for a sweep without PBT."""
+    from runner.pbt import read_records
+
+    return read_records(sweep.path)
+
+
+def pbt_lineage(trial: Trial) -> dict | None:
+    """A PBT trial's schedule and ancestry from its policy file, and the command that replays it;
+    None for a trial without PBT."""
+    from runner.pbt import POLICY_FILE, read_policy, schedule
+
+    path = trial.path / POLICY_FILE
+    if not path.is_file():
+        return None
+    segments = schedule(read_policy(path))
+    return {
+        "policy": str(path),
+        "schedule": [{"epochs": _epochs_text(s.first, s.last if s.last is not None else trial.epochs),
+                      "trained_by": s.trial, "values": s.values} for s in segments],
+        "ancestry": [s.trial for s in segments],
+        "replay": replay_command(trial, path),
+    }
+
+
+def replay_command(trial: Trial, policy: Path) -> str:
+    """The trial's rerun command with its PBT overrides swapped for `pbt=replay pbt.policy=<policy>`."""
+    overrides = list(trial.overrides)
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] != "pbt"]
+    # quoted for Hydra too: trial folders hold '=' and ','
+    quoted = '"' + str(policy).replace('\\', '\\\\').replace('"', '\\"') + '"'
+    tail = shlex.join([*kept, "pbt=replay", f"pbt.policy={quoted}"])
+    command, given = trial.command, shlex.join(overrides)
+    if command and overrides and command.endswith(given):
+        return command[: len(command) - len(given)] + tail
+    if command and not overrides:
+        return f"{command} {tail}"
+    return f"python -m runner {tail}"
+
+
+def format_pbt(sweep: Sweep) -> str | None:
+    """The PBT part of the printed report: exploits counted, and the best trial's schedule over
+    epochs, its ancestry and the replay command. None for a sweep without PBT."""
+    records = pbt_records(sweep)
+    if not records:
+        return None
+    exploits = sum(r.get("decision") == "exploit" for r in records)
+    lines = [f"PBT: {len(records)} perturbation points recorded, {exploits} exploits (pbt_global.jsonl)"]
+    lineage = pbt_lineage(sweep.best) if sweep.best else None
+    if lineage is None:
+        return "\n".join(lines)
+    numbers = {t.name: f"#{t.number}" if t.number is not None else t.name for t in sweep.trials}
+    keys = list(lineage["schedule"][0]["values"])
+    header = ["epochs", *keys, "trained by"]
+    body = [[segment["epochs"], *(_value_text(segment["values"].get(k)) for k in keys),
+             numbers.get(segment["trained_by"], segment["trained_by"])] for segment in lineage["schedule"]]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines.append(f"Schedule of the best trial #{sweep.best.number} ({lineage['policy']}):")
+    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *body]]
+    ancestry = [numbers.get(lineage["schedule"][0]["trained_by"], lineage["schedule"][0]["trained_by"])]
+    for segment in lineage["schedule"][1:]:
+        copied_at = int(segment["epochs"].split("-")[0]) - 1
+        ancestry.append(f"{numbers.get(segment['trained_by'], segment['trained_by'])} (copied at epoch {copied_at})")
+    lines.append("Ancestry: " + " -> ".join(ancestry))
+    lines.append(f"Replay: {lineage['replay']}")
+    return "\n".join(lines)
+
+
+def _draw_pbt(ax, sweep: Sweep, records: list[dict]) -> None:
+    """The objective of every member over epochs; each exploit drawn as the jump from the trial's
+    value to its donor's at that epoch."""
+    ax.set_title("PBT: members over epochs, exploits")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(sweep.metric)
+    for trial in sorted(sweep.trials, key=_by_number):
+        points = [(row["epoch"], row[sweep.metric]) for row in trial.history if row.get(sweep.metric) is not None]
+        is_best = trial is sweep.best
+        ax.plot([e for e, _ in points], [v for _, v in points], linewidth=2.5 if is_best else 0.9,
+                alpha=1.0 if is_best else 0.6, color="crimson" if is_best else None)
+    jumps = [r for r in records if r.get("decision") == "exploit" and r.get("value") is not None
+             and r.get("donor_value") is not None]
+    for record in jumps:
+        ax.plot([record["epoch"]] * 2, [record["value"], record["donor_value"]], color="gray", linestyle=":",
+                linewidth=1)
+    if jumps:
+        ax.scatter([r["epoch"] for r in jumps], [r["donor_value"] for r in jumps], marker="^", color="black",
+                   s=25, zorder=4, label=f"exploit ({len(jumps)})")
+    if sweep.best and sweep.best.best_epoch is not None:
+        _mark_best(ax, sweep.best.best_epoch, sweep.best.value)
+    ax.legend(fontsize=8)
+
+
+def _epochs_text(first: int, last: int | None) -> str:
+    if last is None:
+        return f"{first}-"
+    return f"{first}-{last}" if last > first else str(first)
+
+
+def _value_text(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _text(value)
 
 
 # ---------------------------------------------------------------- command line

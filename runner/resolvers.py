@@ -1,8 +1,12 @@
 """OmegaConf resolvers: one config value (the objective's goal) drives others; trial folder names stay one folder."""
 
+import hashlib
+
 from omegaconf import OmegaConf
 
 GOALS = ("maximize", "minimize")
+# a folder name may have 255 bytes; this leaves room for the job number in front of it
+MAX_FOLDER_NAME_BYTES = 200
 
 
 def by_goal(goal: str, if_maximize, if_minimize):
@@ -16,8 +20,15 @@ def by_goal(goal: str, if_maximize, if_minimize):
 
 def folder_name(text: str) -> str:
     """`${folder_name:${hydra.job.override_dirname}}`: a '/' in an override (objective.metric=val/f1)
-    would nest the trial's folder; it becomes '_' (the exact overrides are in .hydra/overrides.yaml)."""
-    return str(text).replace("/", "_")
+    would nest the trial's folder; it becomes '_' (the exact overrides are in .hydra/overrides.yaml).
+    A name longer than the filesystem allows (many overrides, a PBT mutation space) is cut to
+    MAX_FOLDER_NAME_BYTES, ending in a hash of the whole name so that trials stay apart."""
+    name = str(text).replace("/", "_")
+    encoded = name.encode("utf-8")
+    if len(encoded) <= MAX_FOLDER_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:8]
+    return encoded[:MAX_FOLDER_NAME_BYTES - 9].decode("utf-8", errors="ignore") + "_" + digest
 
 
 def register_resolvers() -> None:

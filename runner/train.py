@@ -29,8 +29,8 @@ from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LA
 log = logging.getLogger(__name__)
 
 # what a fresh start moves aside (never deletes) when trainer.resume=never
-RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl", ".hydra",
-                 "mlflow_run.json", "wandb_run.json", "wandb")
+RUN_ARTIFACTS = ("result.json", "metrics.csv", "checkpoints", "tensorboard", "scalars.csv", "pruning.jsonl",
+                 "pbt_policy.jsonl", ".hydra", "mlflow_run.json", "wandb_run.json", "wandb")
 
 
 @dataclasses.dataclass
@@ -247,21 +247,27 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord | N
     # torch and everything built on it load only now: config errors above stay instant
     from hydra.utils import instantiate
 
-    from runner import checkpoint
+    from runner import checkpoint, pbt
     from runner.fit import Fit
     from runner.resume import check_resume
 
     last = context.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     saved = None
+    composed = cfg
+    population = pbt.build(cfg, context)
     if resuming:
         saved = checkpoint.load(last)
+        if population is not None:
+            # a PBT trial resumes with the hyperparameters it had reached (its effective config)
+            cfg = population.resumed_config(cfg, saved["config"])
+            trainer = config_checks.typed_trainer(cfg)
         check_resume(saved["config"], cfg, last, saved["progress"]["epoch"])
     if ranks.is_main:
         pruner = None
         if context.sweep_dir is not None and cfg.pruner:
             pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
                                  metric=cfg.objective.metric, goal=cfg.objective.goal)
-        callbacks = build_callbacks(cfg, trainer, record, pruner, context.sweep_dir)
+        callbacks = build_callbacks(cfg, trainer, record, pruner, context.sweep_dir, pbt=population)
     else:
         callbacks = rank_callbacks()
     fit = Fit(cfg, trainer, context.run_dir, callbacks, ranks=ranks,
@@ -269,7 +275,7 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord | N
     if saved is not None:
         fit.resume_from(saved, last)
         if ranks.is_main:
-            save_run_config(cfg, context)
+            save_run_config(composed, context)
     outcome = fit.run()
     if not ranks.is_main:
         return worst_value(cfg.objective.goal)  # what the run returns is rank 0's
