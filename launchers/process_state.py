@@ -1,0 +1,199 @@
+"""A process's global state, captured once and put back before each trial, so that a process that
+runs trial after trial starts each one as a fresh process would.
+
+What a trial can change and the next one would otherwise inherit: the working directory, the
+environment, the umask, sys.argv and sys.path, the standard streams, signal handlers, logging
+(handlers, levels, disabled loggers), warning filters, the random generators (Python's, NumPy's,
+torch's), torch's global settings (deterministic algorithms, cuDNN and TF32 flags, matmul
+precision, thread count, default dtype and device, grad and anomaly mode, print options) and
+torch.compile's caches. Modules a trial imported stay imported: that is what makes a warm
+process fast, and module-level state of the trial's own code is the one thing not reset.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+# SIGKILL and SIGSTOP cannot be caught; the rest are every handler a trial may have installed
+_SIGNALS = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
+
+
+@dataclass
+class _LoggerState:
+    level: int
+    handlers: list
+    propagate: bool
+    disabled: bool
+    filters: list
+
+
+@dataclass
+class ProcessState:
+    cwd: str
+    environ: dict[str, str]
+    umask: int
+    argv: list[str]
+    path: list[str]
+    streams: tuple
+    signals: dict[int, Any]
+    loggers: dict[str, _LoggerState]
+    logging_disable: int
+    warning_filters: list
+    showwarning: Any
+    python_random: Any
+    numpy_random: Any
+    torch: dict[str, Any] = field(default_factory=dict)
+    threads: set = field(default_factory=set)
+
+    @classmethod
+    def capture(cls) -> "ProcessState":
+        import numpy as np
+
+        # first: importing torch creates and configures its loggers, which belong to the baseline
+        torch_state = _capture_torch()
+        umask = os.umask(0)
+        os.umask(umask)
+        return cls(
+            cwd=os.getcwd(),
+            environ=dict(os.environ),
+            umask=umask,
+            argv=list(sys.argv),
+            path=list(sys.path),
+            streams=(sys.stdin, sys.stdout, sys.stderr, sys.displayhook, sys.excepthook),
+            signals={s: signal.getsignal(s) for s in _SIGNALS} if _main_thread() else {},
+            loggers=_capture_loggers(),
+            logging_disable=logging.root.manager.disable,
+            warning_filters=list(warnings.filters),
+            showwarning=warnings.showwarning,
+            python_random=random.getstate(),
+            numpy_random=np.random.get_state(),
+            torch=torch_state,
+            threads=set(threading.enumerate()),
+        )
+
+    def restore(self) -> None:
+        """Put every captured piece back; close what a trial left open (logging handlers)."""
+        import numpy as np
+
+        os.chdir(self.cwd)
+        if os.environ != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        os.umask(self.umask)
+        sys.argv[:] = self.argv
+        sys.path[:] = self.path
+        sys.stdin, sys.stdout, sys.stderr, sys.displayhook, sys.excepthook = self.streams
+        if _main_thread():
+            for signum, handler in self.signals.items():
+                if signal.getsignal(signum) is not handler and handler is not None:
+                    signal.signal(signum, handler)
+        _restore_loggers(self.loggers)
+        logging.disable(self.logging_disable)
+        warnings.filters[:] = self.warning_filters
+        warnings._filters_mutated()
+        warnings.showwarning = self.showwarning
+        random.setstate(self.python_random)
+        np.random.set_state(self.numpy_random)
+        _restore_torch(self.torch)
+        gc.collect()
+
+    def stray_threads(self) -> list[threading.Thread]:
+        """Threads a trial started and left running: a process with them cannot start afresh."""
+        return [t for t in threading.enumerate() if t not in self.threads and t.is_alive()]
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _capture_loggers() -> dict[str, _LoggerState]:
+    loggers = {"": logging.root}
+    loggers.update({name: logger for name, logger in logging.root.manager.loggerDict.items()
+                    if isinstance(logger, logging.Logger)})
+    return {name: _LoggerState(logger.level, list(logger.handlers), logger.propagate, logger.disabled,
+                               list(logger.filters))
+            for name, logger in loggers.items()}
+
+
+def _restore_loggers(states: dict[str, _LoggerState]) -> None:
+    kept = {id(handler) for state in states.values() for handler in state.handlers}
+    loggers = {"": logging.root}
+    loggers.update({name: logger for name, logger in logging.root.manager.loggerDict.items()
+                    if isinstance(logger, logging.Logger)})
+    for name, logger in loggers.items():
+        state = states.get(name, _LoggerState(logging.NOTSET, [], True, False, []))
+        for handler in list(logger.handlers):
+            if handler not in state.handlers:
+                logger.removeHandler(handler)
+                if id(handler) not in kept:
+                    handler.close()
+        for handler in state.handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        logger.setLevel(state.level)
+        logger.propagate, logger.disabled, logger.filters = state.propagate, state.disabled, list(state.filters)
+
+
+def _capture_torch() -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        return {}
+    cuda_matmul = torch.backends.cuda.matmul
+    state = {
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn": (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                  torch.backends.cudnn.allow_tf32),
+        "cuda_matmul": (cuda_matmul.allow_tf32, cuda_matmul.allow_fp16_reduced_precision_reduction,
+                        cuda_matmul.allow_bf16_reduced_precision_reduction),
+        "mkldnn": torch.backends.mkldnn.enabled,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "num_threads": torch.get_num_threads(),
+        "default_dtype": torch.get_default_dtype(),
+        "default_device": torch.get_default_device(),
+        "grad": torch.is_grad_enabled(),
+        "anomaly": (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()),
+        "printoptions": dict(torch._tensor_str.PRINT_OPTS.__dict__),
+        "rng": torch.get_rng_state(),
+    }
+    return state
+
+
+def _restore_torch(state: dict[str, Any]) -> None:
+    if not state:
+        return
+    import torch
+
+    torch.use_deterministic_algorithms(state["deterministic"], warn_only=state["deterministic_warn_only"])
+    cudnn = torch.backends.cudnn
+    cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = state["cudnn"]
+    cuda_matmul = torch.backends.cuda.matmul
+    (cuda_matmul.allow_tf32, cuda_matmul.allow_fp16_reduced_precision_reduction,
+     cuda_matmul.allow_bf16_reduced_precision_reduction) = state["cuda_matmul"]
+    torch.backends.mkldnn.enabled = state["mkldnn"]
+    torch.set_float32_matmul_precision(state["float32_matmul_precision"])
+    if torch.get_num_threads() != state["num_threads"]:
+        torch.set_num_threads(state["num_threads"])
+    torch.set_default_dtype(state["default_dtype"])
+    torch.set_default_device(state["default_device"])
+    torch.set_grad_enabled(state["grad"])
+    torch.set_anomaly_enabled(*state["anomaly"])
+    torch._tensor_str.PRINT_OPTS.__dict__.update(state["printoptions"])
+    torch.set_rng_state(state["rng"])
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None and dynamo.convert_frame.FRAME_COUNTER:  # something was compiled
+        dynamo.reset()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
