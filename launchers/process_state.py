@@ -58,8 +58,10 @@ class ProcessState:
     def capture(cls) -> "ProcessState":
         import numpy as np
 
-        # first: importing torch creates and configures its loggers, which belong to the baseline
+        # first: importing torch creates and configures its loggers, and putting its settings back
+        # imports torch._dynamo (warning filters): both belong to the baseline
         torch_state = _capture_torch()
+        _restore_torch(torch_state)
         umask = os.umask(0)
         os.umask(umask)
         return cls(
@@ -104,7 +106,9 @@ class ProcessState:
         random.setstate(self.python_random)
         np.random.set_state(self.numpy_random)
         _restore_torch(self.torch)
-        gc.collect()
+        # the young generations hold most of a trial's cycles; a full collection costs tens of
+        # milliseconds, paid where memory matters most: a GPU trial (see _restore_torch)
+        gc.collect(1)
 
     def stray_threads(self) -> list[threading.Thread]:
         """Threads a trial started and left running: a process with them cannot start afresh."""
@@ -160,13 +164,19 @@ def _capture_torch() -> dict[str, Any]:
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "num_threads": torch.get_num_threads(),
         "default_dtype": torch.get_default_dtype(),
-        "default_device": torch.get_default_device(),
+        # None: no default-device mode (a fresh process); set_default_device("cpu") would add one
+        "default_device": _default_device(torch),
         "grad": torch.is_grad_enabled(),
         "anomaly": (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()),
         "printoptions": dict(torch._tensor_str.PRINT_OPTS.__dict__),
         "rng": torch.get_rng_state(),
     }
     return state
+
+
+def _default_device(torch) -> Any:
+    context = getattr(torch._GLOBAL_DEVICE_CONTEXT, "device_context", None)
+    return None if context is None else context.device
 
 
 def _restore_torch(state: dict[str, Any]) -> None:
@@ -185,7 +195,8 @@ def _restore_torch(state: dict[str, Any]) -> None:
     if torch.get_num_threads() != state["num_threads"]:
         torch.set_num_threads(state["num_threads"])
     torch.set_default_dtype(state["default_dtype"])
-    torch.set_default_device(state["default_device"])
+    if _default_device(torch) != state["default_device"]:
+        torch.set_default_device(state["default_device"])
     torch.set_grad_enabled(state["grad"])
     torch.set_anomaly_enabled(*state["anomaly"])
     torch._tensor_str.PRINT_OPTS.__dict__.update(state["printoptions"])
@@ -194,6 +205,7 @@ def _restore_torch(state: dict[str, Any]) -> None:
     if dynamo is not None and dynamo.convert_frame.FRAME_COUNTER:  # something was compiled
         dynamo.reset()
     if torch.cuda.is_initialized():
+        gc.collect()  # the last trial's tensors held in reference cycles, before the cache is emptied
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

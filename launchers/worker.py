@@ -15,6 +15,7 @@ trial saves its checkpoint first, see runner.interrupt) and when the sweep's pro
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import os
 import signal
@@ -95,6 +96,8 @@ def run(conn: Connection, boot_file: Path) -> int:
         importlib.import_module(module)
     output_dir = Path(boot["output_dir"])
     baseline = ProcessState.capture()
+    # what is loaded now stays for good: the collection after each trial need not walk it again
+    gc.freeze()
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -135,12 +138,15 @@ def _is_compact(error: BaseException) -> bool:
 
 def main(argv: list[str]) -> int:
     conn = Connection(int(argv[0]))
+    boot_file = Path(argv[1])
+    # a trial sees the same sys.argv in every worker, whatever the socket and the boot file
+    del sys.argv[1:]
     signal.signal(signal.SIGTERM, _stop)
     # Ctrl-C reaches the workers too (one process group): between trials there is nothing to save
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         die_with_parent()
-        return run(conn, Path(argv[1]))
+        return run(conn, boot_file)
     except (Stop, KeyboardInterrupt) as why:
         try:
             conn.send(("stopped", f"{type(why).__name__} {why}".strip()))

@@ -1,0 +1,121 @@
+"""Warm workers of the `parallel` launcher: a trial run after others in the same process behaves as
+in a fresh one, a crashed worker is replaced and its trial recorded, a worker holding too much
+memory is replaced, and what a trial changes in its process is put back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launchers.process_state import ProcessState
+from runner.results import read_metrics, read_result
+from tests.conftest import REPO
+from tests.trial_components import observe, spoil_process_state
+
+TEST_CONF = REPO / "tests" / "conf"
+# the probe model trains for real, bit for bit reproducibly
+PROBE = ["--config-dir", str(TEST_CONF), "model=probe", "dataset=synthetic", "trainer.max_epochs=2",
+         "trainer.batch_size=32", "trainer.deterministic=true", "logger=none"]
+
+
+def one_slot() -> list[str]:
+    """The parallel launcher with a single slot: every trial runs in the same worker, one after another."""
+    return ["hydra/launcher=parallel", f"hydra.launcher.cpus_per_task={len(os.sched_getaffinity(0))}"]
+
+
+def sweep(tmp_path: Path, name: str, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
+    sweep_dir = tmp_path / name
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs"), "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run([sys.executable, "-m", "runner", "--multirun", *args, f"hydra.sweep.dir={sweep_dir}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return sweep_dir, done
+
+
+def trial(sweep_dir: Path, number: int) -> Path:
+    (folder,) = sweep_dir.glob(f"{number}_*")
+    return folder
+
+
+def seen(folder: Path) -> dict:
+    return json.loads((folder / "process_state.json").read_text())
+
+
+def learning(folder: Path) -> list[dict]:
+    """metrics.csv without the columns that measure speed."""
+    return [{k: v for k, v in row.items() if k not in ("time_s", "train/samples_per_s")} for row in read_metrics(folder)]
+
+
+def test_what_a_trial_changes_in_its_process_is_put_back():
+    baseline = ProcessState.capture()
+    before = observe()
+    try:
+        spoil_process_state()
+        assert observe() != before  # the spoiling reaches everything observe() looks at
+    finally:
+        baseline.restore()
+    assert observe() == before
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_trial_run_warm_after_another_is_the_same_as_run_cold(tmp_path):
+    # trial 0 spoils its process's global state; trial 1 runs after it in the same worker (warm),
+    # or in a fresh worker of its own (cold: max_trials_per_worker=1)
+    args = [*PROBE, *one_slot(), "model.pollute=true,false"]
+    warm_dir, warm = sweep(tmp_path, "warm", *args)
+    assert warm.returncode == 0, warm.stderr
+    cold_dir, cold = sweep(tmp_path, "cold", *args, "hydra.launcher.max_trials_per_worker=1")
+    assert cold.returncode == 0, cold.stderr
+    warm_states = [seen(trial(warm_dir, n)) for n in (0, 1)]
+    cold_states = [seen(trial(cold_dir, n)) for n in (0, 1)]
+    assert warm_states[0]["pid"] == warm_states[1]["pid"]  # one warm worker ran both
+    assert cold_states[0]["pid"] != cold_states[1]["pid"]
+    for states in (warm_states, cold_states):
+        for state in states:
+            state.pop("pid")
+    assert warm_states[1] == cold_states[1] == warm_states[0]
+    # the slot's share of the machine: all its cores, as threads
+    cores = len(os.sched_getaffinity(0))
+    assert warm_states[1]["threads_env"] == [str(cores)] * 2 and warm_states[1]["torch_threads"] == cores
+    for sweep_dir in (warm_dir, cold_dir):
+        assert [read_result(trial(sweep_dir, n))["status"] for n in (0, 1)] == ["completed", "completed"]
+    assert learning(trial(warm_dir, 1)) == learning(trial(cold_dir, 1))
+    assert read_result(trial(warm_dir, 1))["final_metrics"]["val/loss"] == (
+        read_result(trial(cold_dir, 1))["final_metrics"]["val/loss"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_crashed_worker_is_replaced_and_its_trial_recorded_failed(tmp_path):
+    # trial 1 kills its own worker (SIGKILL, as the OOM killer would); a tiny memory limit also
+    # replaces every worker after each trial it completes
+    sweep_dir, done = sweep(tmp_path, "crash", *PROBE, *one_slot(), "trainer.max_epochs=1",
+                            "model.crash=false,true,false,false", "hydra.launcher.worker_max_rss_gb=0.01")
+    assert done.returncode == 0, done.stderr
+    results = [read_result(trial(sweep_dir, n)) for n in range(4)]
+    assert [r["status"] for r in results] == ["completed", "failed", "completed", "completed"]
+    assert "killed by SIGKILL" in results[1]["reason"] and ".workers/1.out" in results[1]["reason"]
+    assert results[1]["objective"]["metric"] == "val/acc"  # the report can rank it
+    pids = [seen(trial(sweep_dir, n))["pid"] for n in (0, 2, 3)]
+    assert len(set(pids)) == 3
+    log = done.stdout + done.stderr
+    assert log.count("more than hydra.launcher.worker_max_rss_gb=0.01") >= 2
+    assert "trial 1 is recorded failed" in log
+    summary = (sweep_dir / "summary.csv").read_text()
+    assert summary.count(",failed,") == 1
+
+
+@pytest.mark.e2e
+def test_a_worker_that_cannot_start_stops_the_sweep_with_its_log(tmp_path):
+    sweep_dir, done = sweep(tmp_path, "nostart", *PROBE, *one_slot(), "trainer.max_epochs=1",
+                            "hydra.launcher.preload=[no_such_module_anywhere]", "model.pollute=false,true")
+    assert done.returncode != 0
+    assert "could not start" in done.stderr and "no_such_module_anywhere" in done.stderr
+    assert "Traceback" not in done.stderr.split("could not start")[0]
+    assert not list(sweep_dir.glob("0_*"))
