@@ -155,6 +155,8 @@ class StreamingSweeper:
         self.pending = deque(e for e in history if e["event"] in ("ask", "tell"))
         self.asked_overrides = {e["number"]: e["overrides"] for e in history if e["event"] == "ask"}
         self.relaunch = deque(sorted(self.asked_overrides))
+        self.untold_at_stop = len(self.asked_overrides) - sum(e["event"] == "tell" for e in history)
+        self.caught_up = False
         self.next_number = max(self.asked_overrides, default=-1) + 1
         self.points: dict[int, Point] = {}
         self.deferred: dict[int, Outcome] = {}
@@ -188,7 +190,7 @@ class StreamingSweeper:
         return self.returns
 
     def _nothing_left(self) -> bool:
-        return not self.relaunch and not self.pending and self.asked >= self.search.budget
+        return self.caught_up and not self.relaunch and not self.deferred and self.asked >= self.search.budget
 
     def _check_same_space(self, history: list[dict]) -> None:
         starts = [e for e in history if e["event"] == "start"]
@@ -203,7 +205,8 @@ class StreamingSweeper:
 
     # ------------------------------------------------------------------ ask, launch
     def _replay(self) -> None:
-        """Ask and tell the optimizer as the journal says, as far as the relaunched trials' results allow."""
+        """Ask and tell the optimizer as the journal says, as far as the relaunched trials' results allow;
+        once through, go on as the stopped sweep would have."""
         while self.pending:
             event = self.pending[0]
             if event["event"] == "ask":
@@ -222,8 +225,13 @@ class StreamingSweeper:
             else:
                 return  # that trial has not come back yet
             self.pending.popleft()
-        # caught up: what came back meanwhile is told now, in the order it came
-        for number in list(self.deferred):
+        if not self.caught_up:
+            self.caught_up = True
+            # when it stopped, the sweep had its untold trials in flight: its free slots asked first
+            for _ in range(max(0, self.in_flight - self.untold_at_stop)):
+                self._ask_new()
+        # then the untold trials' results, in trial order (the order they would have ended in is lost)
+        for number in sorted(self.deferred):
             self._tell(self.deferred.pop(number), journal=True)
 
     def _launch(self) -> None:
@@ -231,16 +239,20 @@ class StreamingSweeper:
             if self.relaunch:
                 number = self.relaunch.popleft()
                 self._submit(number, self.asked_overrides[number])
-                continue
-            if self.pending or self.asked >= self.search.budget:
+            elif not self.caught_up or not self._ask_new():
                 return  # the optimizer has not caught up with the journal, or the budget is used
-            point = self.search.ask()
-            number, self.next_number = self.next_number, self.next_number + 1
-            self.asked += 1
-            self.points[number] = point
-            self.journal.append({"event": "ask", "number": number, "overrides": point.overrides,
-                                 "value": point.value, "time": now()})
-            self._submit(number, point.overrides)
+
+    def _ask_new(self) -> bool:
+        if self.asked >= self.search.budget or self.stop is not None:
+            return False
+        point = self.search.ask()
+        number, self.next_number = self.next_number, self.next_number + 1
+        self.asked += 1
+        self.points[number] = point
+        self.journal.append({"event": "ask", "number": number, "overrides": point.overrides,
+                             "value": point.value, "time": now()})
+        self._submit(number, point.overrides)
+        return True
 
     def _submit(self, number: int, overrides: list[str]) -> None:
         if not self.validated:
@@ -278,7 +290,7 @@ class StreamingSweeper:
         eta = (remaining * sum(self.durations) / len(self.durations) / self.in_flight) if self.durations else None
         log.info(status_line(outcome.number, outcome.status, outcome.metric, outcome.objective, self.best, len(self.running),
                              self.done, budget, time.monotonic() - self.started, eta if remaining else 0.0))
-        if self.pending:
+        if not self.caught_up:
             self.deferred[outcome.number] = outcome
         else:
             self._tell(outcome, journal=True)
