@@ -16,10 +16,8 @@ the trials end in this time. Then it goes on asking.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,45 +29,18 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.errors import ConfigError, RunnerError
+from runner.journal import Journal
 from runner.results import read_result, write_json_atomic
 from runner.search import Point, each_value_once, make_search
 
 log = logging.getLogger(__name__)
 
-JOURNAL = Path(".sweeper") / "journal.jsonl"
 # how long the sweeper waits for a trial to end before it looks again (it wakes at once when one ends)
 POLL_S = 1.0
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-class Journal:
-    """SWEEP_DIR/.sweeper/journal.jsonl: the sweep's asks and tells, one JSON line each, in order."""
-
-    def __init__(self, sweep_dir: Path):
-        self.path = sweep_dir / JOURNAL
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        events = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # the last line of a sweep killed while writing it
-        return events
-
-    def append(self, event: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # a line torn by a kill must not glue itself to the next one
-        torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(("\n" if torn else "") + json.dumps(event) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 @dataclass
@@ -148,8 +119,8 @@ class StreamingSweeper:
         self.journal = Journal(self.sweep_dir)
         history = self.journal.read()
         self._check_same_space(history)
-        self.journal.append({"event": "start", **self.search.describe(), "launcher": self.pool.describe(),
-                             "time": now()})
+        self.journal.append({"event": "start", **self.search.describe(), "budget": self.search.budget,
+                             "launcher": self.pool.describe(), "time": now()})
 
         # the journal's asks and tells, replayed in order; its trials, launched again in ask order
         self.pending = deque(e for e in history if e["event"] in ("ask", "tell"))

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 from launchers.pools import Finished, TrialPool
 from runner.results import read_result
 from runner.search import NevergradSearch
-from runner.sweeper import Journal, StreamingSweeper
+from runner.journal import Journal
+from runner.sweeper import StreamingSweeper
 from tests.conftest import REPO
 
 
