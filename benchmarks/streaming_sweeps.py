@@ -1,0 +1,146 @@
+"""Benchmark: batch-synchronous sweeps (Hydra's sweepers, as before) against the streaming sweepers.
+
+Runs each arm through the real CLI, `python -m runner -m`, and reads every trial's result.json:
+
+- asha: the random search of issue 14 (Nevergrad RandomSearch, `pruner=asha`, budget 12,
+  9 epochs, LeNet on mnist_5k, seed 0) on 2 slots of this machine, three ways:
+  Hydra's Nevergrad sweeper on fresh processes (submitit's local executor, one process per trial,
+  a batch of 2 at a time: the `parallel` launcher as it was), Hydra's Nevergrad sweeper on the
+  warm workers, and the ask/tell sweeper on the warm workers (`sweep=random hydra/launcher=parallel`);
+- slurm: the same search with 4 trials at once on the SLURM cluster, Hydra's Nevergrad sweeper
+  (a job array per batch) against the ask/tell sweeper (a job per trial);
+- overhead: 20 one-batch trials (`dataset=synthetic trainer.max_epochs=1`, one training and one
+  validation batch), in this process (`local`) and on 2 slots (fresh processes, then warm workers).
+
+Slot utilisation = the trials' summed durations (result.json `duration_s`: from the trial's
+record being opened, after its config is checked, to its end) / (slots x the sweep's wall time,
+from the command's start to its exit). Per-trial overhead = (slots x wall time - summed
+durations) / trials: slot time spent outside trials (starting processes, composing configs, the
+sweeper, the report). Numbers are printed and written to OUT/summary.json, never asserted.
+
+    python benchmarks/streaming_sweeps.py                    # every part (slurm only with a cluster)
+    python benchmarks/streaming_sweeps.py --parts overhead   # one part
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from runner.results import read_result, write_json_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+ASHA = ["dataset=mnist_5k", "model=lenet", "pruner=asha", "trainer.max_epochs=9", "logger=none",
+        "sweep=random", "hydra.sweeper.optim.budget=12", "hydra.sweeper.optim.seed=0"]
+ONE_BATCH = ["dataset=synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+             "trainer.limit_val_batches=1", "trainer.seed=range(0,20)"]
+# the `parallel` launcher as it was: submitit's local executor, a fresh process per trial, one
+# thread each; a batch of 2 never waited for a slot, so the slot script is left out
+FRESH_PROCESSES = ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=600"]
+FRESH_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+BATCH = ["hydra/sweeper=nevergrad"]
+
+
+def arms(part: str, cores: int) -> list[tuple[str, int, list[str], dict]]:
+    """(name, slots, overrides, environment) of each arm of a part."""
+    warm = ["hydra/launcher=parallel", f"hydra.launcher.cpus_per_task={max(1, cores // 2)}"]
+    if part == "asha":
+        two = ["hydra.sweeper.optim.num_workers=2"]
+        return [
+            ("batch, fresh processes (as before)", 2, [*ASHA, *two, *BATCH, *FRESH_PROCESSES], FRESH_ENV),
+            ("batch, warm workers", 2, [*ASHA, *two, *BATCH, *warm], {}),
+            ("streaming, warm workers (new)", 2, [*ASHA, *two, *warm], {}),
+        ]
+    if part == "slurm":
+        slurm = ["hydra.sweeper.optim.num_workers=4", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1"]
+        return [
+            ("slurm, batch: a job array per batch (as before)", 4, [*ASHA, *slurm, *BATCH], {}),
+            ("slurm, streaming: a job per trial (new)", 4, [*ASHA, *slurm], {}),
+        ]
+    return [
+        ("local, Hydra's basic sweeper (as before)", 1, [*ONE_BATCH, "hydra/sweeper=basic"], {}),
+        ("local, streaming grid (new)", 1, ONE_BATCH, {}),
+        ("2 slots, fresh processes (as before)", 2,
+         [*ONE_BATCH, "hydra/sweeper=basic", "hydra.sweeper.max_batch_size=2", *FRESH_PROCESSES], FRESH_ENV),
+        ("2 slots, warm workers (new)", 2, [*ONE_BATCH, *warm], {}),
+    ]
+
+
+def run_arm(name: str, slots: int, overrides: list[str], env: dict, sweep_dir: Path) -> dict:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "runner", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+                          cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        print(f"{name}: the sweep failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
+        return {"name": name, "failed": True}
+    results = [read_result(p.parent) for p in sweep_dir.glob("*/result.json")]
+    busy = sum(r["duration_s"] for r in results)
+    best = max((r for r in results if r["objective"]["value"] is not None), key=lambda r: r["objective"]["value"])
+    return {
+        "name": name,
+        "slots": slots,
+        "trials": len(results),
+        "pruned": sum(r["status"] == "pruned" for r in results),
+        "epochs": sum(r["epochs"] for r in results),
+        "wall_s": round(wall, 1),
+        "trial_s": round(busy, 1),
+        "utilisation": round(busy / (slots * wall), 3),
+        "overhead_per_trial_s": round((slots * wall - busy) / len(results), 3),
+        "best": best["objective"]["value"],
+        "best_overrides": [o for o in best["overrides"] if o.startswith(("optimizer.lr", "trainer.batch_size"))],
+        "sweep_dir": str(sweep_dir),
+    }
+
+
+def slurm_ready() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return out.returncode == 0 and out.stdout.split()[:1] in (["idle"], ["mix"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", default=["asha", "overhead", "slurm"],
+                        choices=["asha", "overhead", "slurm"])
+    parser.add_argument("--out", type=Path, default=None, help="folder for the sweeps and summary.json")
+    args = parser.parse_args()
+    out = args.out or REPO / "outputs" / "benchmarks" / "streaming_sweeps" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    cores = len(os.sched_getaffinity(0))
+    summary: dict[str, list] = {}
+    for part in args.parts:
+        if part == "slurm" and not slurm_ready():
+            print("slurm: no cluster answers (start one with launchers/slurm/start.sh); skipped")
+            continue
+        summary[part] = []
+        for index, (name, slots, overrides, env) in enumerate(arms(part, cores)):
+            row = run_arm(name, slots, overrides, env, out / part / str(index))
+            summary[part].append(row)
+            print(json.dumps(row), flush=True)
+    write_json_atomic(out / "summary.json", {"cores": cores, **summary})
+    for part, rows in summary.items():
+        print(f"\n{part}:")
+        print(f"{'arm':<50} {'wall':>7} {'in trials':>10} {'util.':>6} {'overhead/trial':>15} {'best':>7} {'pruned':>7}")
+        for row in rows:
+            if row.get("failed"):
+                print(f"{row['name']:<50} failed")
+                continue
+            print(f"{row['name']:<50} {row['wall_s']:>6.1f}s {row['trial_s']:>9.1f}s {row['utilisation']:>6.0%} "
+                  f"{row['overhead_per_trial_s']:>14.2f}s {row['best']:>7.4f} {row['pruned']:>4}/{row['trials']}")
+        base, new = rows[0], rows[-1]
+        if not base.get("failed") and not new.get("failed"):
+            print(f"wall time, new / as before: {new['wall_s'] / base['wall_s']:.2f}x")
+    print(f"\nwritten to {out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()
