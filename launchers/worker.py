@@ -30,8 +30,24 @@ class Stop(BaseException):
     """SIGTERM: stop after the current trial has saved what it can (not an Exception: no trial catches it)."""
 
 
-def _stop(signum, frame) -> None:
-    raise Stop(signal.Signals(signum).name)
+class _Termination:
+    """What SIGTERM does to a worker. Waiting for a trial, it stops at once. In a trial's training
+    loop the trial saves its checkpoint first and then hands the signal over (runner.interrupt,
+    calling this with no frame): the worker stops there. Anywhere else (loading torch, building a
+    model) an exception raised from a signal handler could cross C++ code and abort the process:
+    the request is kept, and the worker stops once the trial ends."""
+
+    def __init__(self):
+        self.waiting = False
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.waiting or frame is None:
+            raise Stop(signal.Signals(signum).name)
+        self.requested = True
+
+
+termination = _Termination()
 
 
 def die_with_parent() -> None:
@@ -100,10 +116,15 @@ def run(conn: Connection, boot_file: Path) -> int:
     gc.freeze()
     conn.send(("ready", os.getpid()))
     while True:
+        if termination.requested:
+            raise Stop("SIGTERM")
+        termination.waiting = True
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return 0  # the sweep's end of the socket closed
+        finally:
+            termination.waiting = False
         if message[0] == "stop":
             return 0
         _, number, overrides = message
@@ -141,7 +162,7 @@ def main(argv: list[str]) -> int:
     boot_file = Path(argv[1])
     # a trial sees the same sys.argv in every worker, whatever the socket and the boot file
     del sys.argv[1:]
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, termination)
     # Ctrl-C reaches the workers too (one process group): between trials there is nothing to save
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -187,6 +187,8 @@ class WorkerPool(TrialPool):
 
     def _end(self, worker: Worker, timeout: float = 10.0) -> None:
         if worker.process.poll() is None:
+            if worker.pid is None:
+                worker.process.kill()  # still loading: nothing to save, nothing to wait for
             try:
                 worker.conn.send(("stop",))
             except OSError:

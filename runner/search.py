@@ -159,12 +159,28 @@ def make_search(kind: str, params: Any, optim: DictConfig | None, arguments: lis
     lines = space_lines(params, arguments)
     if kind == "grid":
         return GridSearch(lines, config_loader)
+    check_optim(optim)
+    return NevergradSearch(lines, optim, config_loader)
+
+
+def check_optim(optim: DictConfig | None) -> None:
+    """Refuse Nevergrad settings that cannot work, before any trial runs (for Hydra's Nevergrad sweeper too)."""
+    import nevergrad
+
     if optim is None:
         raise ConfigError("hydra.sweeper.optim is missing: the Nevergrad sweeper needs an optimizer and a budget")
+    registry = nevergrad.optimizers.registry
+    name = optim.optimizer
+    if name not in registry:
+        raise ConfigError(f"hydra.sweeper.optim.optimizer={name!r} is not in Nevergrad's registry; "
+                          f"try NGOpt, RandomSearch, BO, CMA, TwoPointsDE or OnePlusOne")
     if not (isinstance(optim.budget, int) and optim.budget >= 1):
         raise ConfigError(f"hydra.sweeper.optim.budget={optim.budget} must be an integer >= 1")
     if not (isinstance(optim.num_workers, int) and optim.num_workers >= 1):
         raise ConfigError(f"hydra.sweeper.optim.num_workers={optim.num_workers} must be an integer >= 1")
+    if optim.num_workers > 1 and getattr(registry[name], "no_parallelization", False):
+        raise ConfigError(f"Nevergrad's {name} asks for one trial at a time, but hydra.sweeper.optim.num_workers="
+                          f"{optim.num_workers}; set hydra.sweeper.optim.num_workers=1 or use an optimizer that "
+                          f"runs trials in parallel, such as NGOpt")
     if not (0.0 <= optim.max_failure_rate <= 1.0) or math.isnan(optim.max_failure_rate):
         raise ConfigError(f"hydra.sweeper.optim.max_failure_rate={optim.max_failure_rate} must be between 0 and 1")
-    return NevergradSearch(lines, optim, config_loader)

@@ -146,7 +146,7 @@ class StreamingSweeper:
         if self.asked_overrides:
             log.info("Resuming the sweep in %s: %d trial(s) asked before; each runs again (a finished one is read "
                      "back, an unfinished one resumes from its checkpoint)", self.sweep_dir, len(self.asked_overrides))
-        log.info("Sweep %s: %s of %d trial(s), %d at a time, %s", self.sweep_dir, self.search.kind,
+        log.info("Sweep %s: %s of %d trial(s), %d at a time, %s", self.sweep_dir, self._what(),
                  max(self.search.budget, len(self.asked_overrides)), self.in_flight, self.pool.describe())
         while True:
             self._replay()
@@ -159,6 +159,13 @@ class StreamingSweeper:
             self._raise_stop()
         self._write_results()
         return self.returns
+
+    def _what(self) -> str:
+        if self.kind == "grid":
+            return "grid"
+        objective = self.config.get("objective") or {}
+        return (f"Nevergrad {self.optim.optimizer} {'maximizing' if self.optim.maximize else 'minimizing'} "
+                f"{objective.get('metric', 'the objective')}")
 
     def _nothing_left(self) -> bool:
         return self.caught_up and not self.relaunch and not self.deferred and self.asked >= self.search.budget

@@ -119,3 +119,22 @@ def test_a_worker_that_cannot_start_stops_the_sweep_with_its_log(tmp_path):
     assert "could not start" in done.stderr and "no_such_module_anywhere" in done.stderr
     assert "Traceback" not in done.stderr.split("could not start")[0]
     assert not list(sweep_dir.glob("0_*"))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_fail_fast_interrupts_the_running_trials_and_starts_no_more(tmp_path):
+    # trial 0 fails once trial 1 has trained an epoch (of 200); trial 2 must never start
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("needs two cores: two trials at once")
+    sweep_dir, done = sweep(tmp_path, "fail_fast", *PROBE, "hydra/launcher=parallel",
+                            f"hydra.launcher.cpus_per_task={max(1, cores // 2)}", "trainer.max_epochs=200",
+                            "fail_fast=true", "model.fail_after_epoch_of=1,null,null")
+    assert done.returncode != 0 and "failing on purpose" in done.stderr
+    assert read_result(trial(sweep_dir, 0))["status"] == "failed"
+    interrupted = read_result(trial(sweep_dir, 1))
+    assert interrupted["status"] == "interrupted" and 1 <= interrupted["epochs"] < 200
+    assert (trial(sweep_dir, 1) / "checkpoints" / "last.pt").exists()  # it resumes when the sweep runs again
+    assert not list(sweep_dir.glob("2_*"))
+

@@ -2,8 +2,9 @@
 
 conf/model/probe.yaml (in tests/conf, added with --config-dir) names it. Built once per trial,
 it writes what it finds about the process's global state into process_state.json in the trial's
-folder; with pollute=true it then changes that state as a careless trial could, and with
-crash=true it kills its own process, as a segfault or the OOM killer would.
+folder; with pollute=true it then changes that state as a careless trial could, with
+crash=true it kills its own process, as a segfault or the OOM killer would, and with
+fail_after_epoch_of=N it fails once trial N of the sweep is in its training loop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import random
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -74,14 +76,26 @@ def spoil_process_state() -> None:
     torch.manual_seed(1234)
 
 
+def wait_for_epoch_of(sweep_dir: Path, number: int, timeout: float = 120) -> None:
+    """Until trial `number` of the sweep has finished an epoch (its metrics.csv exists)."""
+    deadline = time.monotonic() + timeout
+    while not list(sweep_dir.glob(f"{number}_*/metrics.csv")):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"trial {number} of {sweep_dir} finished no epoch in {timeout} s")
+        time.sleep(0.05)
+
+
 class StateProbe(nn.Module):
     def __init__(self, in_channels: int, image_size: int, num_classes: int, pollute: bool = False,
-                 crash: bool = False):
+                 crash: bool = False, fail_after_epoch_of: int | None = None):
         super().__init__()
         from hydra.core.hydra_config import HydraConfig
 
         if crash:
             os.kill(os.getpid(), signal.SIGKILL)
+        if fail_after_epoch_of is not None:
+            wait_for_epoch_of(Path(HydraConfig.get().sweep.dir), fail_after_epoch_of)
+            raise RuntimeError(f"failing on purpose, once trial {fail_after_epoch_of} is training")
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         (run_dir / "process_state.json").write_text(json.dumps(observe(), indent=1))
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, 32), nn.ReLU(),
