@@ -16,7 +16,9 @@ Slot utilisation = the trials' summed durations (result.json `duration_s`: from 
 record being opened, after its config is checked, to its end) / (slots x the sweep's wall time,
 from the command's start to its exit). Per-trial overhead = (slots x wall time - summed
 durations) / trials: slot time spent outside trials (starting processes, composing configs, the
-sweeper, the report). Numbers are printed and written to OUT/summary.json, never asserted.
+sweeper, the report). The `steady` columns measure the same from the first trial's start to the
+last one's end: how well the sweep keeps its slots busy, without its start-up and final report.
+Numbers are printed and written to OUT/summary.json, never asserted.
 
     python benchmarks/streaming_sweeps.py                    # every part (slurm only with a cluster)
     python benchmarks/streaming_sweeps.py --parts overhead   # one part
@@ -84,6 +86,10 @@ def run_arm(name: str, slots: int, overrides: list[str], env: dict, sweep_dir: P
         return {"name": name, "failed": True}
     results = [read_result(p.parent) for p in sweep_dir.glob("*/result.json")]
     busy = sum(r["duration_s"] for r in results)
+    # from the first trial's start to the last one's end: the sweep without its start-up and report
+    first = min(datetime.fromisoformat(r["started_at"]) for r in results)
+    last = max(datetime.fromisoformat(r["finished_at"]) for r in results)
+    steady = (last - first).total_seconds()
     best = max((r for r in results if r["objective"]["value"] is not None), key=lambda r: r["objective"]["value"])
     return {
         "name": name,
@@ -95,6 +101,9 @@ def run_arm(name: str, slots: int, overrides: list[str], env: dict, sweep_dir: P
         "trial_s": round(busy, 1),
         "utilisation": round(busy / (slots * wall), 3),
         "overhead_per_trial_s": round((slots * wall - busy) / len(results), 3),
+        "steady_s": round(steady, 1),
+        "steady_utilisation": round(busy / (slots * steady), 3),
+        "steady_overhead_per_trial_s": round((slots * steady - busy) / len(results), 3),
         "best": best["objective"]["value"],
         "best_overrides": [o for o in best["overrides"] if o.startswith(("optimizer.lr", "trainer.batch_size"))],
         "sweep_dir": str(sweep_dir),
@@ -129,13 +138,15 @@ def main() -> None:
     write_json_atomic(out / "summary.json", {"cores": cores, **summary})
     for part, rows in summary.items():
         print(f"\n{part}:")
-        print(f"{'arm':<50} {'wall':>7} {'in trials':>10} {'util.':>6} {'overhead/trial':>15} {'best':>7} {'pruned':>7}")
+        print(f"{'arm':<50} {'wall':>6} {'in trials':>9} {'util.':>6} {'overhead':>9} | {'steady':>6} {'util.':>6} "
+              f"{'overhead':>9} | {'best':>6} {'pruned':>6}")
         for row in rows:
             if row.get("failed"):
                 print(f"{row['name']:<50} failed")
                 continue
-            print(f"{row['name']:<50} {row['wall_s']:>6.1f}s {row['trial_s']:>9.1f}s {row['utilisation']:>6.0%} "
-                  f"{row['overhead_per_trial_s']:>14.2f}s {row['best']:>7.4f} {row['pruned']:>4}/{row['trials']}")
+            print(f"{row['name']:<50} {row['wall_s']:>5.1f}s {row['trial_s']:>8.1f}s {row['utilisation']:>6.0%} "
+                  f"{row['overhead_per_trial_s']:>8.2f}s | {row['steady_s']:>5.1f}s {row['steady_utilisation']:>6.0%} "
+                  f"{row['steady_overhead_per_trial_s']:>8.2f}s | {row['best']:>6.4f} {row['pruned']:>3}/{row['trials']}")
         base, new = rows[0], rows[-1]
         if not base.get("failed") and not new.get("failed"):
             print(f"wall time, new / as before: {new['wall_s'] / base['wall_s']:.2f}x")
