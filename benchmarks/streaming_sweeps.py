@@ -22,6 +22,7 @@ Numbers are printed and written to OUT/summary.json, never asserted.
 
     python benchmarks/streaming_sweeps.py                    # every part (slurm only with a cluster)
     python benchmarks/streaming_sweeps.py --parts overhead   # one part
+    python benchmarks/streaming_sweeps.py --repeats 3        # the arms take turns; medians reported
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -117,27 +119,50 @@ def slurm_ready() -> bool:
     return out.returncode == 0 and out.stdout.split()[:1] in (["idle"], ["mix"])
 
 
+# (new arm, the arm it replaces) in each part, by index
+PAIRS = {"asha": [(2, 0), (2, 1)], "overhead": [(1, 0), (3, 2)], "slurm": [(1, 0)]}
+NUMBERS = ("wall_s", "trial_s", "utilisation", "overhead_per_trial_s", "steady_s", "steady_utilisation",
+           "steady_overhead_per_trial_s", "best", "pruned", "epochs")
+
+
+def median_row(runs: list[dict]) -> dict:
+    """The median of each number over the repeats of one arm (sweeps that failed left out)."""
+    done = [run for run in runs if not run.get("failed")]
+    if not done:
+        return {"name": runs[0]["name"], "failed": True}
+    row = {"name": done[0]["name"], "slots": done[0]["slots"], "trials": done[0]["trials"], "runs": len(done)}
+    for key in NUMBERS:
+        row[key] = statistics.median(run[key] for run in done)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=["asha", "overhead", "slurm"],
                         choices=["asha", "overhead", "slurm"])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every arm this many times, the arms taking turns; medians are reported")
     parser.add_argument("--out", type=Path, default=None, help="folder for the sweeps and summary.json")
     args = parser.parse_args()
     out = args.out or REPO / "outputs" / "benchmarks" / "streaming_sweeps" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     cores = len(os.sched_getaffinity(0))
-    summary: dict[str, list] = {}
+    runs: dict[str, list[list[dict]]] = {}
     for part in args.parts:
         if part == "slurm" and not slurm_ready():
             print("slurm: no cluster answers (start one with launchers/slurm/start.sh); skipped")
             continue
-        summary[part] = []
-        for index, (name, slots, overrides, env) in enumerate(arms(part, cores)):
-            row = run_arm(name, slots, overrides, env, out / part / str(index))
-            summary[part].append(row)
-            print(json.dumps(row), flush=True)
-    write_json_atomic(out / "summary.json", {"cores": cores, **summary})
+        part_arms = arms(part, cores)
+        runs[part] = [[] for _ in part_arms]
+        for repeat in range(args.repeats):
+            for index, (name, slots, overrides, env) in enumerate(part_arms):
+                row = run_arm(name, slots, overrides, env, out / part / f"{index}-{repeat}")
+                runs[part][index].append(row)
+                print(json.dumps(row), flush=True)
+    summary = {part: [median_row(arm_runs) for arm_runs in part_runs] for part, part_runs in runs.items()}
+    write_json_atomic(out / "summary.json", {"cores": cores, "repeats": args.repeats, "medians": summary,
+                                             "runs": runs})
     for part, rows in summary.items():
-        print(f"\n{part}:")
+        print(f"\n{part} (median of {args.repeats}):")
         print(f"{'arm':<50} {'wall':>6} {'in trials':>9} {'util.':>6} {'overhead':>9} | {'steady':>6} {'util.':>6} "
               f"{'overhead':>9} | {'best':>6} {'pruned':>6}")
         for row in rows:
@@ -146,10 +171,11 @@ def main() -> None:
                 continue
             print(f"{row['name']:<50} {row['wall_s']:>5.1f}s {row['trial_s']:>8.1f}s {row['utilisation']:>6.0%} "
                   f"{row['overhead_per_trial_s']:>8.2f}s | {row['steady_s']:>5.1f}s {row['steady_utilisation']:>6.0%} "
-                  f"{row['steady_overhead_per_trial_s']:>8.2f}s | {row['best']:>6.4f} {row['pruned']:>3}/{row['trials']}")
-        base, new = rows[0], rows[-1]
-        if not base.get("failed") and not new.get("failed"):
-            print(f"wall time, new / as before: {new['wall_s'] / base['wall_s']:.2f}x")
+                  f"{row['steady_overhead_per_trial_s']:>8.2f}s | {row['best']:>6.4f} {row['pruned']:>3g}/{row['trials']}")
+        for new, old in PAIRS[part]:
+            if not rows[new].get("failed") and not rows[old].get("failed"):
+                print(f"wall time, {rows[new]['name']} / {rows[old]['name']}: "
+                      f"{rows[new]['wall_s'] / rows[old]['wall_s']:.2f}x")
     print(f"\nwritten to {out / 'summary.json'}")
 
 

@@ -6,12 +6,13 @@ Nevergrad ask/tell sweeper of the `sweep=` presets). It runs trials through a po
 (launchers.pools) over whichever launcher `hydra/launcher` names, at most
 min(num_workers, what the launcher runs at once) at a time.
 
-Every ask and every tell is appended to SWEEP_DIR/.sweeper/journal.jsonl before it takes effect.
-Run again into the same sweep folder, the sweeper replays that journal: it launches every trial
-it had asked again, under its number and overrides (the trial function reads a finished trial's
-result.json back; an unfinished one resumes from its checkpoints/last.pt), and tells the
-optimizer the results in the journal's order, so the optimizer is where it was, whatever order
-the trials end in this time. Then it goes on asking.
+Every ask and every tell is appended to SWEEP_DIR/.sweeper/journal.jsonl (runner.journal) before
+it takes effect. Run again into the same sweep folder, the sweeper replays that journal: it asks
+and tells the optimizer what the journal says, in its order, so the optimizer is where it was;
+it launches every trial it had asked again, under its number and overrides (the trial function
+reads a finished trial's result.json back; an unfinished one resumes from its checkpoints/last.pt),
+and tells the optimizer only what it had not been told (a trial that was running, or a failed
+one that now completes). Then it goes on asking.
 """
 
 from __future__ import annotations
@@ -122,15 +123,12 @@ class StreamingSweeper:
         self.journal.append({"event": "start", **self.search.describe(), "budget": self.search.budget,
                              "launcher": self.pool.describe(), "time": now()})
 
-        # the journal's asks and tells, replayed in order; its trials, launched again in ask order
-        self.pending = deque(e for e in history if e["event"] in ("ask", "tell"))
         self.asked_overrides = {e["number"]: e["overrides"] for e in history if e["event"] == "ask"}
+        # every trial asked before runs again, in ask order: the trial reads a finished result back
         self.relaunch = deque(sorted(self.asked_overrides))
-        self.untold_at_stop = len(self.asked_overrides) - sum(e["event"] == "tell" for e in history)
-        self.caught_up = False
         self.next_number = max(self.asked_overrides, default=-1) + 1
         self.points: dict[int, Point] = {}
-        self.deferred: dict[int, Outcome] = {}
+        self.told_losses: dict[int, float] = {}  # what the optimizer was last told for each trial
         self.running: dict[int, float] = {}
         self.asked = self.done = self.told = self.failures = 0
         self.best: tuple[float, int] | None = None
@@ -140,16 +138,16 @@ class StreamingSweeper:
         self.stop: Outcome | None = None
         self.lost_error: str | None = None
         self.validated = False
-        self.mismatch_warned = False
         self.started = time.monotonic()
 
         if self.asked_overrides:
             log.info("Resuming the sweep in %s: %d trial(s) asked before; each runs again (a finished one is read "
                      "back, an unfinished one resumes from its checkpoint)", self.sweep_dir, len(self.asked_overrides))
-        log.info("Sweep %s: %s of %d trial(s), %d at a time, %s", self.sweep_dir, self._what(),
-                 max(self.search.budget, len(self.asked_overrides)), self.in_flight, self.pool.describe())
+        log.info("Sweep %s: %d trial(s) of %s, %d at a time, %s", self.sweep_dir,
+                 max(self.search.budget, len(self.asked_overrides)), self._what(), self.in_flight,
+                 self.pool.describe())
+        self._replay(history)
         while True:
-            self._replay()
             self._launch()
             if not self.running and (self.stop is not None or self._nothing_left()):
                 break
@@ -162,13 +160,13 @@ class StreamingSweeper:
 
     def _what(self) -> str:
         if self.kind == "grid":
-            return "grid"
+            return "a grid"
         objective = self.config.get("objective") or {}
         return (f"Nevergrad {self.optim.optimizer} {'maximizing' if self.optim.maximize else 'minimizing'} "
                 f"{objective.get('metric', 'the objective')}")
 
     def _nothing_left(self) -> bool:
-        return self.caught_up and not self.relaunch and not self.deferred and self.asked >= self.search.budget
+        return not self.relaunch and self.asked >= self.search.budget
 
     def _check_same_space(self, history: list[dict]) -> None:
         starts = [e for e in history if e["event"] == "start"]
@@ -182,43 +180,47 @@ class StreamingSweeper:
                 f"arguments to resume it, or choose another hydra.sweep.dir")
 
     # ------------------------------------------------------------------ ask, launch
-    def _replay(self) -> None:
-        """Ask and tell the optimizer as the journal says, as far as the relaunched trials' results allow;
-        once through, go on as the stopped sweep would have."""
-        while self.pending:
-            event = self.pending[0]
+    def _replay(self, history: list[dict]) -> None:
+        """Ask and tell the optimizer what the journal says it was asked and told, in that order: it
+        reaches the state it had, whatever order the relaunched trials end in. Then go on as the
+        stopped sweep would have: its free slots ask their next points first."""
+        mismatch_warned = False
+        for event in history:
+            number = event.get("number")
             if event["event"] == "ask":
                 point = self.search.ask()
                 if point.overrides != event["overrides"]:
-                    if not self.mismatch_warned:
+                    if not mismatch_warned:
                         log.warning("the optimizer asks other points than the sweep being resumed asked (no "
                                     "hydra.sweeper.optim.seed, or other optimizer settings): its trials keep the "
                                     "points they had")
-                        self.mismatch_warned = True
+                        mismatch_warned = True
                     point = self.search.recorded(event["overrides"], event.get("value"))
-                self.points[event["number"]] = point
+                self.points[number] = point
                 self.asked += 1
-            elif event["number"] in self.deferred:
-                self._tell(self.deferred.pop(event["number"]), journal=False)
-            else:
-                return  # that trial has not come back yet
-            self.pending.popleft()
-        if not self.caught_up:
-            self.caught_up = True
-            # when it stopped, the sweep had its untold trials in flight: its free slots asked first
-            for _ in range(max(0, self.in_flight - self.untold_at_stop)):
-                self._ask_new()
-        # then the untold trials' results, in trial order (the order they would have ended in is lost)
-        for number in sorted(self.deferred):
-            self._tell(self.deferred.pop(number), journal=True)
+            elif event["event"] == "tell":
+                loss = math.inf if event.get("loss") is None else event["loss"]
+                self.search.tell(self.points[number], loss)
+                self._count_told(number, loss)
+        # when it stopped, the trials it had not been told about were in flight; the other slots were free
+        untold = len(set(self.asked_overrides) - set(self.told_losses))
+        for _ in range(max(0, self.in_flight - untold)):
+            if not self._ask_new():
+                break
+
+    def _count_told(self, number: int, loss: float) -> None:
+        self.told_losses[number] = loss
+        self.told += 1
+        if self.best_loss is None or loss < self.best_loss[0]:
+            self.best_loss = (loss, number)
 
     def _launch(self) -> None:
         while len(self.running) < self.in_flight and self.stop is None:
             if self.relaunch:
                 number = self.relaunch.popleft()
                 self._submit(number, self.asked_overrides[number])
-            elif not self.caught_up or not self._ask_new():
-                return  # the optimizer has not caught up with the journal, or the budget is used
+            elif not self._ask_new():
+                return  # the budget is used
 
     def _ask_new(self) -> bool:
         if self.asked >= self.search.budget or self.stop is not None:
@@ -268,10 +270,9 @@ class StreamingSweeper:
         eta = (remaining * sum(self.durations) / len(self.durations) / self.in_flight) if self.durations else None
         log.info(status_line(outcome.number, outcome.status, outcome.metric, outcome.objective, self.best, len(self.running),
                              self.done, budget, time.monotonic() - self.started, eta if remaining else 0.0))
-        if not self.caught_up:
-            self.deferred[outcome.number] = outcome
-        else:
-            self._tell(outcome, journal=True)
+        # a trial relaunched by a resume that ends as it had is not told twice
+        if self.told_losses.get(outcome.number) != outcome.loss:
+            self._tell(outcome)
         if outcome.failed_job:
             self.failures += 1
             rate = self.optim.max_failure_rate if self.kind == "nevergrad" else 0.0
@@ -304,15 +305,11 @@ class StreamingSweeper:
             return bool(self.optim.maximize)
         return goal == "maximize"
 
-    def _tell(self, outcome: Outcome, journal: bool) -> None:
-        point = self.points[outcome.number]
-        self.search.tell(point, outcome.loss)
-        self.told += 1
-        if self.best_loss is None or outcome.loss < self.best_loss[0]:
-            self.best_loss = (outcome.loss, outcome.number)
-        if journal:
-            self.journal.append({"event": "tell", "number": outcome.number, "status": outcome.status,
-                                 "loss": None if math.isinf(outcome.loss) else outcome.loss, "time": now()})
+    def _tell(self, outcome: Outcome) -> None:
+        self.journal.append({"event": "tell", "number": outcome.number, "status": outcome.status,
+                             "loss": None if math.isinf(outcome.loss) else outcome.loss, "time": now()})
+        self.search.tell(self.points[outcome.number], outcome.loss)
+        self._count_told(outcome.number, outcome.loss)
 
     def _stop_on(self, outcome: Outcome) -> None:
         """No new trials; the running ones save a checkpoint and stop (they resume when the sweep runs again)."""

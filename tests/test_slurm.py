@@ -175,7 +175,7 @@ def test_detached_sweep_outlives_the_command(job_name, tmp_path):
     assert job_states(job_id) == ["COMPLETED"]
     trials = trial_dirs(sweep)
     assert len(trials) == 2 and all(read_result(t)["status"] == "completed" for t in trials)
-    assert f"Sweep {sweep}: grid of 2 trial(s)" in Path(log).read_text()
+    assert f"Sweep {sweep}: 2 trial(s) of a grid" in Path(log).read_text()
 
 
 def test_nevergrad_on_slurm_keeps_its_slots_busy_one_job_per_trial(job_name, run_cli, tmp_path):
