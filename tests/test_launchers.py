@@ -5,14 +5,17 @@ preset works from any folder, into a sweep folder whose name needs quoting; deta
 from __future__ import annotations
 
 import os
+import threading
 from datetime import datetime
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from launchers.detach import hydra_quote, resolve_sweep_dir
+from launchers.pools import ThreadedPool, pool_for
 from launchers.workers import make_slots
 from runner.errors import ConfigError
 from runner.results import read_result
@@ -153,3 +156,39 @@ def test_detach_composes_the_sweep_folder_as_the_sweep_does(tmp_path, monkeypatc
     assert resolve_sweep_dir(["optimizer.lr=interval(0.001,0.1)", f"hydra.sweep.dir={hydra_quote(str(awkward))}"]) == awkward
     with pytest.raises(Exception, match="Could not find 'model/nope'"):
         resolve_sweep_dir(["model=nope"])
+
+
+class BlockingLauncher:
+    """A launcher of some other Hydra plugin: launch() runs a batch and returns when it is done.
+    Here each trial waits until the test releases it."""
+
+    def __init__(self):
+        self.release = {number: threading.Event() for number in range(3)}
+        self.started: list[int] = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        self.started.append(initial_job_idx)
+        assert len(job_overrides) == 1  # one trial per launch
+        self.release[initial_job_idx].wait(timeout=30)
+        ret = JobReturn(overrides=list(job_overrides[0]), status=JobStatus.COMPLETED)
+        ret.return_value = float(initial_job_idx)
+        return [ret]
+
+
+def test_any_other_launcher_runs_one_trial_per_launch_and_reports_each_as_it_ends():
+    launcher = BlockingLauncher()
+    pool = pool_for(launcher, hydra_context=None, task_function=None, config=None)
+    assert isinstance(pool, ThreadedPool)
+    pool.submit(0, ["a=0"])
+    pool.submit(1, ["a=1"])
+    assert pool.wait(timeout=0.05) == []  # nothing has ended
+    launcher.release[1].set()  # the second ends first, and is reported without waiting for the first
+    (finished,) = pool.wait(timeout=30)
+    assert (finished.number, finished.overrides, finished.job_return.return_value) == (1, ["a=1"], 1.0)
+    pool.submit(2, ["a=2"])
+    launcher.release[0].set()
+    launcher.release[2].set()
+    ended = []
+    while len(ended) < 2:
+        ended += [f.number for f in pool.wait(timeout=30)]
+    assert sorted(ended) == [0, 2] and sorted(launcher.started) == [0, 1, 2]
