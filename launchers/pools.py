@@ -96,18 +96,19 @@ class InProcessPool(TrialPool):
     def describe(self) -> str:
         return "in this process"
 
-    def start(self, size: int) -> None:
-        from launchers.process_state import ProcessState
-
-        setup_globals()
-        self.baseline = ProcessState.capture()
-
     def submit(self, number: int, overrides: Sequence[str]) -> None:
         self.queue.append((number, list(overrides)))
 
     def wait(self, timeout: float | None) -> list[Finished]:
         if not self.queue:
             return []
+        if self.baseline is None:
+            from launchers.process_state import ProcessState
+
+            # captured only now, when a trial is about to run: the sweep's own checks come first,
+            # without waiting for torch to load
+            setup_globals()
+            self.baseline = ProcessState.capture()
         number, overrides = self.queue.pop(0)
         try:
             ret = run_trial(self.hydra_context, self.task_function, self.config, number, overrides, job_id=str(number))
