@@ -7,11 +7,15 @@ environment, the umask, sys.argv and sys.path, the standard streams, signal hand
 torch's), torch's global settings (deterministic algorithms, cuDNN and TF32 flags, matmul
 precision, thread count, default dtype and device, grad and anomaly mode, print options) and
 torch.compile's caches. Modules a trial imported stay imported: that is what makes a warm
-process fast, and module-level state of the trial's own code is the one thing not reset.
+process fast. What their import changed in the process (a warning filter, a handler on their own
+logger) is recorded while the import runs and played again after each restore, so every later
+trial starts with it, as a process that had imported them would. Module-level state of the
+trial's own code (a global counter, a cache) is the one thing not reset.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -21,7 +25,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 # SIGKILL and SIGSTOP cannot be caught; the rest are every handler a trial may have installed
 _SIGNALS = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
@@ -64,7 +68,7 @@ class ProcessState:
         _restore_torch(torch_state)
         umask = os.umask(0)
         os.umask(umask)
-        return cls(
+        state = cls(
             cwd=os.getcwd(),
             environ=dict(os.environ),
             umask=umask,
@@ -81,6 +85,9 @@ class ProcessState:
             torch=torch_state,
             threads=set(threading.enumerate()),
         )
+        # from now on, what an import changes belongs to every later trial's start
+        import_effects.install()
+        return state
 
     def restore(self) -> None:
         """Put every captured piece back; close what a trial left open (logging handlers)."""
@@ -98,11 +105,12 @@ class ProcessState:
             for signum, handler in self.signals.items():
                 if signal.getsignal(signum) is not handler and handler is not None:
                     signal.signal(signum, handler)
-        _restore_loggers(self.loggers)
+        _restore_loggers(self.loggers, keep=import_effects.handlers)
         logging.disable(self.logging_disable)
         warnings.filters[:] = self.warning_filters
         warnings._filters_mutated()
         warnings.showwarning = self.showwarning
+        import_effects.replay()
         random.setstate(self.python_random)
         np.random.set_state(self.numpy_random)
         _restore_torch(self.torch)
@@ -128,8 +136,8 @@ def _capture_loggers() -> dict[str, _LoggerState]:
             for name, logger in loggers.items()}
 
 
-def _restore_loggers(states: dict[str, _LoggerState]) -> None:
-    kept = {id(handler) for state in states.values() for handler in state.handlers}
+def _restore_loggers(states: dict[str, _LoggerState], keep: set[int]) -> None:
+    kept = {id(handler) for state in states.values() for handler in state.handlers} | keep
     loggers = {"": logging.root}
     loggers.update({name: logger for name, logger in logging.root.manager.loggerDict.items()
                     if isinstance(logger, logging.Logger)})
@@ -145,6 +153,57 @@ def _restore_loggers(states: dict[str, _LoggerState]) -> None:
                 logger.addHandler(handler)
         logger.setLevel(state.level)
         logger.propagate, logger.disabled, logger.filters = state.propagate, state.disabled, list(state.filters)
+
+
+class _ImportEffects:
+    """Warning filters and logger settings that modules set while being imported, recorded (the
+    calls that set them) so that a restore can set them again."""
+
+    def __init__(self):
+        self.calls: list[tuple[Callable, tuple, dict]] = []
+        self.handlers: set[int] = set()  # handlers added by imports: never closed by a restore
+        self.installed = False
+        self.filters: list | None = None  # warnings.filters as installed; a catch_warnings block swaps it
+
+    def install(self) -> None:
+        if self.installed:
+            return
+        self.installed = True
+        warnings.filterwarnings = self._recorded(warnings.filterwarnings, filters=True)
+        warnings.simplefilter = self._recorded(warnings.simplefilter, filters=True)
+        for name in ("setLevel", "addHandler", "removeHandler", "addFilter"):
+            setattr(logging.Logger, name, self._recorded(getattr(logging.Logger, name), filters=False))
+        self.filters = warnings.filters
+
+    def _recorded(self, function: Callable, filters: bool) -> Callable:
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            result = function(*args, **kwargs)
+            # inside `with warnings.catch_warnings()` a filter lasts only until the block ends
+            if _importing() and not (filters and warnings.filters is not self.filters):
+                self.calls.append((function, args, kwargs))
+                if function.__name__ == "addHandler":
+                    self.handlers.add(id(args[1]))
+            return result
+
+        return call
+
+    def replay(self) -> None:
+        for function, args, kwargs in self.calls:
+            function(*args, **kwargs)
+
+
+def _importing() -> bool:
+    """Whether a module is being imported somewhere up the stack (its top-level code is running)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename == "<frozen importlib._bootstrap>" and frame.f_code.co_name == "_load_unlocked":
+            return True
+        frame = frame.f_back
+    return False
+
+
+import_effects = _ImportEffects()
 
 
 def _capture_torch() -> dict[str, Any]:

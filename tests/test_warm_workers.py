@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,41 @@ def test_what_a_trial_changes_in_its_process_is_put_back():
     finally:
         baseline.restore()
     assert observe() == before
+
+
+IMPORT_EFFECTS = textwrap.dedent("""
+    import logging, sys, warnings
+    from launchers.process_state import ProcessState
+
+    baseline = ProcessState.capture()
+    before = list(warnings.filters)
+    import noisy_library  # imported by the first trial: its import sets a filter and a logger
+    warnings.filterwarnings("ignore", message="set by the trial")
+    logging.getLogger("trial").setLevel(logging.DEBUG)
+    for _ in range(2):  # before the second trial, and the third
+        baseline.restore()
+        added = [(f[0], f[1] and f[1].pattern) for f in warnings.filters if f not in before]
+        library = logging.getLogger("noisy_library")
+        print(added, library.level, len(library.handlers), logging.getLogger("trial").level)
+""")
+NOISY_LIBRARY = textwrap.dedent("""
+    import logging, warnings
+    warnings.filterwarnings("ignore", message="set by an import")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lasts only for this block
+    logging.getLogger("noisy_library").addHandler(logging.StreamHandler())
+    logging.getLogger("noisy_library").setLevel(logging.INFO)
+""")
+
+
+def test_what_a_module_import_sets_stays_for_the_next_trials(tmp_path):
+    # in a process of its own, as a worker: pytest wraps every test in warnings.catch_warnings
+    (tmp_path / "noisy_library.py").write_text(NOISY_LIBRARY)
+    done = subprocess.run([sys.executable, "-c", IMPORT_EFFECTS], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": f"{REPO}:{tmp_path}"})
+    assert done.returncode == 0, done.stderr
+    # as in a process that imported the library: its filter and its logger, not the trial's changes
+    assert done.stdout.splitlines() == ["[('ignore', 'set by an import')] 20 1 0"] * 2
 
 
 @pytest.mark.e2e
