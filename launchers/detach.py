@@ -106,7 +106,7 @@ def resolve_sweep_dir(args: list[str]) -> Path:
     from runner.__main__ import CONF_DIR
 
     options = get_args_parser().parse_args(args)
-    search_path = create_automatic_config_search_path(None, None, options.config_path or CONF_DIR)
+    search_path = create_automatic_config_search_path(None, None, str(options.config_path or CONF_DIR))
     if options.config_dir is not None:
         from hydra.core.config_search_path import SearchPathQuery
 
