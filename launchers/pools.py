@@ -190,7 +190,8 @@ class SubmititPool(TrialPool):
 
         job, overrides = self.jobs.pop(number)
         try:
-            return Finished.returned(number, overrides, job.result())
+            # a job of several tasks (one per rank) returns one result per task: rank 0's is the trial's
+            return Finished.returned(number, overrides, job.results()[0])
         except UncompletedJobError as error:
             state = job.state
             return Finished(number, overrides, lost=f"{self.cluster} job {job.job_id} ended {state} without a "
