@@ -174,3 +174,16 @@ def test_fail_fast_interrupts_the_running_trials_and_starts_no_more(tmp_path):
     assert (trial(sweep_dir, 1) / "checkpoints" / "last.pt").exists()  # it resumes when the sweep runs again
     assert not list(sweep_dir.glob("2_*"))
 
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_trial_past_its_time_limit_saves_a_checkpoint_and_is_recorded_failed(tmp_path):
+    # 3 s for a trial of 500 epochs: it is stopped mid-way, and the next trial runs on a new worker
+    sweep_dir, done = sweep(tmp_path, "timeout", *PROBE, *one_slot(), "hydra.launcher.timeout_min=0.05",
+                            "trainer.max_epochs=500,1")
+    assert done.returncode == 0, done.stderr
+    stopped, after = read_result(trial(sweep_dir, 0)), read_result(trial(sweep_dir, 1))
+    assert stopped["status"] == "failed" and "hydra.launcher.timeout_min=0.05" in stopped["reason"]
+    assert 1 <= stopped["epochs"] < 500 and (trial(sweep_dir, 0) / "checkpoints" / "last.pt").exists()
+    assert after["status"] == "completed"
+

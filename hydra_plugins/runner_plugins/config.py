@@ -46,7 +46,7 @@ class ParallelLauncherConf:
     # GPUs to hand out, one per slot: comma-separated ids, "all" (every GPU nvidia-smi lists) or ""
     gpus: str = "all"
     # a trial that runs longer than this is stopped (it saves a checkpoint first) and recorded failed
-    timeout_min: int = 10080
+    timeout_min: float = 10080
     # a worker runs this many trials, then is replaced by a fresh process; null: no limit (1: cold)
     max_trials_per_worker: Optional[int] = None
     # a worker whose resident memory is above this after a trial is replaced; null: this
