@@ -1,2 +1,3 @@
-"""launchers: where trials run. Launcher presets' glue (conf/hydra/launcher/), the detached sweep
-driver (`python -m launchers.detach`) and the scripts of a single-node SLURM cluster (slurm/)."""
+"""launchers: where trials run. Trial pools that feed a launcher one trial at a time (pools.py),
+the `parallel` launcher's warm workers (workers.py, worker.py, process_state.py), the detached
+sweep driver (`python -m launchers.detach`) and the scripts of a single-node SLURM cluster (slurm/)."""

@@ -7,20 +7,19 @@ if that process dies (a closed laptop, a login node that logs you out) the sweep
 driver runs that process on the cluster instead: `python -m runner --multirun <arguments>`
 with one CPU; it submits the trials as jobs of their own (hydra/launcher=slurm unless the
 arguments choose another launcher) and waits for them. This prints the driver's job id, the
-sweep folder (fixed here, so it is known before the driver starts) and the driver's log.
+sweep folder (fixed here, so it is known before the driver starts) and the driver's log. The
+folder reaches the driver as a quoted override (launchers.detach.hydra_quote): any path works.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 
 # The driver's own SLURM_* variables (its job id, its one CPU, its memory) must not leak into
 # the trials it submits: sbatch and srun read many of them as defaults. SLURM_CONF stays.
@@ -51,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     if not any(a.startswith(("hydra/launcher=", "override hydra/launcher=")) for a in args):
         args = ["hydra/launcher=slurm", *args]
 
-    sweep_dir = resolve_sweep_dir(args)
+    try:
+        sweep_dir = resolve_sweep_dir(args)
+    except Exception as error:  # a config that does not compose: Hydra's own message
+        print(f"launchers.detach: these arguments do not compose: {error}", file=sys.stderr)
+        return 1
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "runner", "--multirun", *args, f"hydra.sweep.dir={sweep_dir}"]
+    command = [sys.executable, "-m", "runner", "--multirun", *args, f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}"]
     sbatch = [
         "sbatch", "--parsable",
         f"--job-name={options.job_name}",
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         # requeued, it would submit every trial again next to the ones still running
         "--no-requeue",
         f"--chdir={os.getcwd()}",
-        f"--output={sweep_dir}/driver-%j.log",
+        # sbatch reads % in a file name as a pattern: %% is a literal one
+        f"--output={str(sweep_dir).replace('%', '%%')}/driver-%j.log",
     ]
     if options.partition:
         sbatch.append(f"--partition={options.partition}")
@@ -89,27 +93,50 @@ def main(argv: list[str] | None = None) -> int:
 def resolve_sweep_dir(args: list[str]) -> Path:
     """The sweep folder the arguments give, resolved now (its timestamp included), as an absolute path.
 
-    Asks the runner itself (`--cfg all -p hydra.sweep.dir --resolve`), so that paths.output_dir,
-    RUNNER_OUTPUT_DIR and an explicit hydra.sweep.dir all count. Sweep overrides (`a=1,2`,
-    `interval(...)`) are left out of that question: Hydra takes them only with --multirun.
+    Composes the config here as `python -m runner --multirun ARGS` composes it (the same argument
+    parser, config folder, --config-dir and --config-name), so paths.output_dir, RUNNER_OUTPUT_DIR
+    and an explicit hydra.sweep.dir all count, and sweep overrides are taken as the sweep takes them.
     """
-    probe = [a for a in args if not _is_sweep_override(a)]
-    out = subprocess.run(
-        [sys.executable, "-m", "runner", *probe, "--cfg", "all", "-p", "hydra.sweep.dir", "--resolve"],
-        capture_output=True, text=True, check=False,
-    )
-    lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
-        sys.exit(f"launchers.detach: these arguments do not compose:\n{out.stderr.strip() or out.stdout.strip()}")
-    return Path(lines[-1].strip()).absolute()
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import setup_globals
+    from hydra.types import RunMode
 
+    from runner.__main__ import CONF_DIR
 
-def _is_sweep_override(arg: str) -> bool:
+    options = get_args_parser().parse_args(args)
+    search_path = create_automatic_config_search_path(None, None, str(options.config_path or CONF_DIR))
+    if options.config_dir is not None:
+        from hydra.core.config_search_path import SearchPathQuery
+
+        config_dir = Path(options.config_dir).absolute()
+        if not config_dir.is_dir():
+            raise ValueError(f"--config-dir {config_dir} is not a folder")
+        search_path.prepend(provider="command-line", path=f"file://{config_dir}",
+                            anchor=SearchPathQuery(provider="schema"))
+    setup_globals()
     try:
-        (override,) = OverridesParser.create().parse_overrides([arg])
-    except HydraException:
-        return False  # not an override (an option such as --config-name): Hydra judges it
-    return override.is_sweep_override()
+        hydra = Hydra.create_main_hydra2(task_name="runner", config_search_path=search_path)
+        config = hydra.compose_config(options.config_name or "config", options.overrides,
+                                      run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+    finally:
+        GlobalHydra.instance().clear()
+    return Path(str(config.hydra.sweep.dir)).absolute()
+
+
+def hydra_quote(value: str) -> str:
+    """VALUE as one quoted value of Hydra's override grammar: commas, spaces, = and quotes stay literal.
+
+    Inside Hydra's quotes a quote is escaped with a backslash, backslashes are literal except right
+    before a quote or at the end (there they are doubled), and `${` would start an interpolation
+    (escaped as `\\${`).
+    """
+    def escape(match: re.Match) -> str:
+        backslashes, what = match.group(1), match.group(2)
+        return backslashes * 2 + ("\\" + what if what else "")
+
+    return "'" + re.sub(r"(\\*)('|\$\{|$)", escape, value) + "'"
 
 
 if __name__ == "__main__":

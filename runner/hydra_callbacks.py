@@ -19,6 +19,8 @@ from runner.results import FAIL_FAST_MARKER
 
 log = logging.getLogger(__name__)
 
+RUNNER_SWEEPERS = "hydra_plugins.runner_plugins."
+
 
 class SweepReport(Callback):
     """When a multirun ends, write the sweep report into its sweep folder, log the ranked table, and
@@ -45,8 +47,9 @@ class Preflight(Callback):
         require_writable(sweep_dir, "hydra.sweep.dir")
         # a rerun of a sweep that stopped on fail_fast starts afresh
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)
+        # the runner's own sweepers check their settings themselves, once their workers are starting
         optim = config.hydra.sweeper.get("optim")
-        if optim is not None:
+        if optim is not None and not config.hydra.sweeper._target_.startswith(RUNNER_SWEEPERS):
             check_nevergrad(optim, config.objective)
         check_pbt(config)
 
@@ -67,20 +70,15 @@ def require_writable(folder: Path, key: str) -> None:
 
 
 def check_nevergrad(optim: DictConfig, objective: DictConfig) -> None:
-    import nevergrad
+    """Hydra's batch Nevergrad sweeper (hydra/sweeper=nevergrad): the checks the runner's sweepers make."""
+    from runner.errors import ConfigError
+    from runner.search import check_optim
 
-    registry = nevergrad.optimizers.registry
-    name = optim.optimizer
-    if name not in registry:
-        stop(f"hydra.sweeper.optim.optimizer={name!r} is not in Nevergrad's registry; "
-             f"try NGOpt, RandomSearch, BO, CMA, TwoPointsDE or OnePlusOne")
-    if optim.num_workers > 1 and getattr(registry[name], "no_parallelization", False):
-        stop(f"Nevergrad's {name} asks for one trial at a time, but hydra.sweeper.optim.num_workers="
-             f"{optim.num_workers}; set hydra.sweeper.optim.num_workers=1 or use an optimizer that "
-             f"runs trials in parallel, such as NGOpt")
-    if optim.budget < 1:
-        stop(f"hydra.sweeper.optim.budget={optim.budget} must be >= 1")
-    log.info("Nevergrad %s: %d trials, %d at a time, %s %s", name, optim.budget, optim.num_workers,
+    try:
+        check_optim(optim)
+    except ConfigError as error:
+        stop(str(error))
+    log.info("Nevergrad %s: %d trials, %d at a time, %s %s", optim.optimizer, optim.budget, optim.num_workers,
              "maximizing" if optim.maximize else "minimizing", objective.metric)
 
 

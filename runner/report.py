@@ -3,7 +3,7 @@
 `python -m runner.report SWEEP_DIR [--watch [SECONDS]]` (and the SweepReport callback when a
 multirun ends) reads every trial folder's result.json, metrics.csv and .hydra/overrides.yaml,
 then writes into the sweep folder: summary.csv, history.csv, best.yaml, report.png and
-tensorboard_hparams/, and prints the ranked table. The steps run in this order:
+tensorboard_hparams/, and prints the ranked table (`--watch`: with the trials in flight under it). The steps run in this order:
 collect trials -> rank -> write files -> draw -> print. The best trial is chosen once, in
 `load_sweep`, and every output names that same trial.
 """
@@ -21,12 +21,14 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 from filelock import FileLock
 
 from runner.errors import RunnerError
+from runner.journal import Journal
 from runner.resolvers import GOALS
 from runner.results import read_metrics, read_result, write_bytes_atomic, write_text_atomic
 
@@ -71,6 +73,8 @@ class Trial:
     command: str | None = None
     started_in: str | None = None
     history: list = field(default_factory=list)
+    started_at: str | None = None
+    max_epochs: int | None = None
 
     @property
     def ranked(self) -> bool:
@@ -160,6 +164,8 @@ def read_trial(folder: Path) -> Trial:
         command=result.get("command"),
         started_in=result.get("started_in"),
         history=read_metrics(folder),
+        started_at=result.get("started_at"),
+        max_epochs=result.get("max_epochs"),
     )
 
 
@@ -611,6 +617,33 @@ def format_table(sweep: Sweep) -> str:
     return "\n".join(lines)
 
 
+def format_in_flight(sweep: Sweep, now: datetime | None = None) -> str:
+    """What --watch shows under the table: each trial in flight, how far it is and for how long; with
+    the runner's sweepers, also the trials asked but not started yet and how many are done."""
+    now = now or datetime.now(timezone.utc)
+    running = sorted((t for t in sweep.trials if t.status == "running"), key=_by_number)
+    events = Journal(sweep.path).read()
+    started = {t.number for t in sweep.trials}
+    told = {e["number"] for e in events if e["event"] == "tell"}
+    queued = [e for e in events if e["event"] == "ask" and e["number"] not in started and e["number"] not in told]
+    lines = [f"In flight: {len(running) + len(queued)}"]
+    for trial in running:
+        if trial.started_at is None:
+            where = "starting"
+        else:
+            started = datetime.fromisoformat(trial.started_at)
+            if started.tzinfo is None:  # result.json writes UTC times
+                started = started.replace(tzinfo=timezone.utc)
+            seconds = (now - started).total_seconds()
+            where = f"epoch {trial.epochs or 0}/{_text(trial.max_epochs)}, running for {_duration_text(seconds)}"
+        lines.append(f"  #{_text(trial.number)}  {trial.name}  {where}")
+    lines += [f"  #{e['number']}  asked, not started yet: {' '.join(e['overrides'])}" for e in queued]
+    budgets = [e["budget"] for e in events if e["event"] == "start" and "budget" in e]
+    if budgets:
+        lines.append(f"Done: {len(told)} of {budgets[-1]} trials")
+    return "\n".join(lines)
+
+
 def _text(value: object) -> str:
     return "-" if value is None else str(value)
 
@@ -818,7 +851,7 @@ def watch(sweep_dir: Path, seconds: float) -> None:
             if sweep != reported:
                 write_report(sweep)
                 reported = sweep
-            text = format_table(sweep)
+            text = f"{format_table(sweep)}\n\n{format_in_flight(sweep)}"
         except SweepReportError as error:
             # a sweep that is starting has no trial folders yet: wait for them
             text = str(error)

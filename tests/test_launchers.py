@@ -1,21 +1,25 @@
 """Launcher presets (hydra/launcher=local|parallel|slurm|slurm_gpu) compose with every field
-overridable, and `parallel` runs trials side by side, no more at once than its slots allow."""
+overridable; `parallel` runs trials side by side, no more at once than its slots allow; every
+preset works from any folder, into a sweep folder whose name needs quoting; detach quotes it."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import time
+import threading
 from datetime import datetime
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 
-from launchers.detach import _is_sweep_override
+from launchers.detach import hydra_quote, resolve_sweep_dir
+from launchers.pools import ThreadedPool, pool_for
+from launchers.workers import make_slots
+from runner.errors import ConfigError
 from runner.results import read_result
-from tests.conftest import CONF, REPO, TINY
-
-SLOT_SCRIPT = REPO / "launchers" / "parallel_slot.sh"
+from tests.conftest import CONF, TINY
 
 
 def hydra_config(*overrides: str):
@@ -62,41 +66,42 @@ def test_cli_shows_the_launcher_fields(run_cli):
     assert "partition: high" in done.stdout and "max_num_timeout: 3" in done.stdout
 
 
-def test_parallel_preset_hands_out_slots():
-    parallel = launcher("hydra/launcher=parallel", "hydra.launcher.cpus_per_task=3")
-    assert parallel._target_.endswith("LocalLauncher")
-    assert parallel.setup[0].startswith("set -- 3 ") and parallel.setup[1] == ". launchers/parallel_slot.sh"
+def test_parallel_preset_runs_warm_workers_with_every_field_overridable():
+    parallel = launcher("hydra/launcher=parallel", "hydra.launcher.cpus_per_task=3",
+                        "hydra.launcher.max_trials_per_worker=1", "hydra.launcher.gpus=''")
+    assert parallel._target_ == "hydra_plugins.runner_plugins.launchers.ParallelLauncher"
+    assert (parallel.cpus_per_task, parallel.max_trials_per_worker, parallel.gpus) == (3, 1, "")
+    assert "torch" in parallel.preload
 
 
-def take_slot(tmp_path, cpus: int, gpus: str, cores: str = "0", hold: float = 0) -> subprocess.Popen:
-    """Source the slot script as the parallel launcher does, on CORES; print what the trial gets."""
-    script = (f"set -- {cpus} {tmp_path / 'slots'} '{gpus}' && . {SLOT_SCRIPT} && "
-              f'echo "$RUNNER_SLOT $OMP_NUM_THREADS [$CUDA_VISIBLE_DEVICES]" && sleep {hold}')
-    return subprocess.Popen(["taskset", "-c", cores, "sh", "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("cores,cpus,gpus,expected", [
+    (4, 1, "", [(0, None), (1, None), (2, None), (3, None)]),
+    (4, 2, "", [(0, None), (1, None)]),
+    (4, 1, "3,5", [(0, "3"), (1, "5")]),  # one trial per GPU
+    (1, 2, "", [(0, None)]),  # fewer cores than asked: still one slot
+])
+def test_slots_split_the_cores_and_give_each_its_own_gpu(monkeypatch, cores, cpus, gpus, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    slots = make_slots(cpus, gpus)
+    assert [(slot.index, slot.gpu) for slot in slots] == expected
+    env = slots[-1].environment({"PATH": "/bin"})
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == str(cpus) and env["PATH"] == "/bin"
+    assert env["CUDA_VISIBLE_DEVICES"] == (expected[-1][1] or "") and env["RUNNER_SLOT"] == str(expected[-1][0])
 
 
-def test_slot_gives_threads_and_a_gpu_per_trial(tmp_path):
-    first = take_slot(tmp_path, 1, "3,5", cores="0,1", hold=5)
-    assert first.stdout.readline().split() == ["0", "1", "[3]"]
-    second = take_slot(tmp_path, 1, "3,5", cores="0,1")
-    assert second.communicate(timeout=10)[0].split() == ["1", "1", "[5]"]
-    first.kill()
+@pytest.mark.parametrize("bad", [0, -1, "2;touch /tmp/x", True])
+def test_a_bad_cpus_per_task_is_refused_naming_it(bad):
+    with pytest.raises(ConfigError, match=f"hydra.launcher.cpus_per_task must be a positive integer, got {bad!r}"):
+        make_slots(bad, "")
 
 
-def test_slot_waits_while_every_slot_is_taken(tmp_path):
-    first = take_slot(tmp_path, 1, "", hold=1.5)  # one core, one slot
-    assert first.stdout.readline().split() == ["0", "1", "[]"]
-    started = time.monotonic()
-    second = take_slot(tmp_path, 1, "")
-    assert second.communicate(timeout=10)[0].split() == ["0", "1", "[]"]
-    assert time.monotonic() - started > 1  # it got slot 0 only once the first trial ended
-    first.wait()
-
-
-def test_slot_refuses_a_bad_cpus_per_task(tmp_path):
-    out, err = take_slot(tmp_path, 0, "").communicate(timeout=10)
-    assert out == "" and "hydra.launcher.cpus_per_task must be a positive integer, got '0'" in err
+@pytest.mark.e2e
+def test_a_bad_cpus_per_task_stops_the_sweep_before_any_trial(run_cli, tmp_path):
+    done = run_cli("--multirun", "hydra/launcher=parallel", "hydra.launcher.cpus_per_task=0", *TINY,
+                   "optimizer.lr=0.1,0.01", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert done.returncode == 1
+    assert "hydra.launcher.cpus_per_task must be a positive integer, got 0" in done.stderr
+    assert "Traceback" not in done.stderr and not list((tmp_path / "sweep").glob("0_*"))
 
 
 @pytest.mark.e2e
@@ -116,8 +121,74 @@ def test_parallel_sweep_runs_two_trials_at_a_time(run_cli, tmp_path):
     assert max(running_at_each_start) == 2, spans
 
 
-@pytest.mark.parametrize("arg,sweep", [("optimizer.lr=0.1,0.01", True), ("optimizer.lr=interval(0.001,0.1)", True),
-                                       ("optimizer.lr=0.1", False), ("hydra/launcher=slurm", False),
-                                       ("--config-name", False)])
-def test_detach_leaves_only_sweep_overrides_out_of_its_sweep_dir_question(arg, sweep):
-    assert _is_sweep_override(arg) is sweep
+# a space, a quote, a comma, an equals sign, a percent sign and a backslash
+AWKWARD = "sweep dir's, a=b 100% \\x"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("preset", ["local", "parallel"])
+def test_every_preset_works_from_any_folder_into_an_awkward_sweep_folder(run_cli, tmp_path, preset):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sweep_dir = tmp_path / AWKWARD
+    done = run_cli("--multirun", f"hydra/launcher={preset}", *TINY, "optimizer.lr=0.1,0.01",
+                   f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}", cwd=elsewhere, timeout=280)
+    assert done.returncode == 0, done.stderr
+    results = [read_result(p.parent) for p in sweep_dir.glob("*/result.json")]
+    assert len(results) == 2 and all(r["status"] == "completed" for r in results)
+    assert (sweep_dir / "summary.csv").exists()
+
+
+@pytest.mark.parametrize("value", [AWKWARD, "/x/it's, here", "end\\", "q\\'x", "${oc.env:HOME}", "\\${x}", "[a,b]"])
+def test_hydra_quote_keeps_any_value_literal(value):
+    (override,) = OverridesParser.create().parse_overrides([f"hydra.sweep.dir={hydra_quote(value)}"])
+    assert not override.is_sweep_override()
+    assert OmegaConf.create({"dir": override.value()}).dir == value
+
+
+def test_detach_composes_the_sweep_folder_as_the_sweep_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNNER_OUTPUT_DIR", str(tmp_path / "out"))
+    # sweep overrides (a grid, a Nevergrad interval) compose as in a multirun
+    resolved = resolve_sweep_dir(["optimizer.lr=0.1,0.01", "sweep=nevergrad", "model=lenet,mlp"])
+    assert resolved.parent == tmp_path / "out" / "sweeps"
+    awkward = tmp_path / AWKWARD
+    assert resolve_sweep_dir(["optimizer.lr=interval(0.001,0.1)", f"hydra.sweep.dir={hydra_quote(str(awkward))}"]) == awkward
+    with pytest.raises(Exception, match="Could not find 'model/nope'"):
+        resolve_sweep_dir(["model=nope"])
+
+
+class BlockingLauncher:
+    """A launcher of some other Hydra plugin: launch() runs a batch and returns when it is done.
+    Here each trial waits until the test releases it."""
+
+    def __init__(self):
+        self.release = {number: threading.Event() for number in range(3)}
+        self.started: list[int] = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        self.started.append(initial_job_idx)
+        assert len(job_overrides) == 1  # one trial per launch
+        self.release[initial_job_idx].wait(timeout=30)
+        ret = JobReturn(overrides=list(job_overrides[0]), status=JobStatus.COMPLETED)
+        ret.return_value = float(initial_job_idx)
+        return [ret]
+
+
+def test_any_other_launcher_runs_one_trial_per_launch_and_reports_each_as_it_ends():
+    launcher = BlockingLauncher()
+    pool = pool_for(launcher, hydra_context=None, task_function=None, config=None)
+    assert isinstance(pool, ThreadedPool)
+    pool.submit(0, ["a=0"])
+    pool.submit(1, ["a=1"])
+    assert pool.wait(timeout=0.05) == []  # nothing has ended
+    launcher.release[1].set()  # the second ends first, and is reported without waiting for the first
+    (finished,) = pool.wait(timeout=30)
+    assert (finished.number, finished.overrides, finished.job_return.return_value) == (1, ["a=1"], 1.0)
+    pool.submit(2, ["a=2"])
+    launcher.release[0].set()
+    launcher.release[2].set()
+    ended = []
+    while len(ended) < 2:
+        ended += [f.number for f in pool.wait(timeout=30)]
+    assert sorted(ended) == [0, 2] and sorted(launcher.started) == [0, 1, 2]

@@ -8,7 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from runner.hydra_callbacks import SweepReport
-from runner.report import report
+from runner.journal import Journal
+from runner.report import format_in_flight, load_sweep, report
 from runner.results import read_result, write_json_atomic, write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,25 +292,49 @@ def test_empty_sweep_dir_exits_1_with_a_clear_message(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def watch_until(sweep_dir: Path, refreshes: int) -> tuple[str, str, int]:
+    """Run --watch until it has drawn the table `refreshes` times, then Ctrl-C it."""
+    process = subprocess.Popen([sys.executable, "-m", "runner.report", str(sweep_dir), "--watch", "0.2"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        while sum("refreshing every 0.2s" in line for line in lines) < refreshes:
+            line = process.stdout.readline()
+            assert line, f"--watch ended early: {process.stderr.read()}"
+            lines.append(line)
+    finally:
+        process.send_signal(signal.SIGINT)
+    rest, stderr = process.communicate(timeout=30)
+    return "".join(lines) + rest, stderr, process.returncode
+
+
+@pytest.mark.timeout(120)
 def test_watch_redraws_until_ctrl_c(tmp_path):
     sweep_dir = make_sweep(tmp_path / "sweep", "maximize")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner.report", str(sweep_dir), "--watch", "0.2"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not (sweep_dir / "report.png").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
+    stdout, stderr, returncode = watch_until(sweep_dir, refreshes=2)
+    assert returncode == 0, stderr
     assert "Traceback" not in stderr
     assert stdout.count("refreshing every 0.2s, Ctrl-C to stop") >= 2
-    assert "5 trials: 2 running" in stdout
+    assert "5 trials: 2 running" in stdout and "In flight: 2" in stdout
+    assert (sweep_dir / "report.png").exists()
+
+
+def test_watch_shows_the_trials_in_flight(tmp_path):
+    sweep_dir = make_sweep(tmp_path / "sweep", "maximize")
+    journal = Journal(sweep_dir)
+    journal.append({"event": "start", "kind": "grid", "space": [], "budget": 6})
+    for number in range(6):
+        journal.append({"event": "ask", "number": number, "overrides": [f"optimizer.lr={number}"]})
+    for number in (0, 1, 2):
+        journal.append({"event": "tell", "number": number})
+    now = datetime.fromisoformat("2026-01-01T00:01:30+00:00")
+    lines = format_in_flight(load_sweep(sweep_dir), now=now).splitlines()
+    assert lines[0] == "In flight: 3"
+    # trial 3 has trained 2 of its 3 epochs since 00:00:00; 4 has a folder but no result yet; 5 is only asked
+    assert lines[1].startswith("  #3  3_optimizer.lr=0.001,") and lines[1].endswith("epoch 2/3, running for 1m30s")
+    assert lines[2].startswith("  #4  4_") and lines[2].endswith("starting")
+    assert lines[3] == "  #5  asked, not started yet: optimizer.lr=5"
+    assert lines[4] == "Done: 3 of 6 trials"
 
 
 def test_importing_the_report_loads_neither_torch_nor_matplotlib():

@@ -1,6 +1,7 @@
 """A real SLURM cluster (started by launchers/slurm/start.sh): plain submitit jobs, the USR2
-hand-over that requeues a preempted job, and the runner's sweeps on it: grid, Nevergrad,
-preemption resumed to the same metrics, and a sweep detached from the terminal."""
+hand-over that requeues a preempted job, and the runner's sweeps on it: a streaming grid, Hydra's
+batch Nevergrad sweeper (job arrays) and the ask/tell one (a job per trial), preemption resumed to
+the same metrics, and a sweep detached from the terminal into a folder whose name needs quoting."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 import submitit
 
+from runner.journal import Journal
 from runner.results import read_metrics, read_result
 from tests.conftest import REPO, TINY
+from tests.test_sweeps import LONG_SECOND, asks_beside_a_running_trial
 from tests.slurm_cluster import job_name, job_states, slurm_cluster, wait_for_jobs  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
@@ -102,9 +105,12 @@ def test_slurm_launcher_runs_a_grid_sweep(job_name, run_cli, tmp_path):
         result = read_result(trial)
         assert result["status"] == "completed" and f"optimizer.lr={lr}" in result["overrides"]
         assert result["objective"]["value"] is not None
-    # one array job, its logs inside the sweep folder
-    (array_id,) = array_ids(sweep)
-    assert len(list((sweep / ".submitit").glob(f"{array_id}_*/{array_id}_*_log.out"))) == 3
+    # one job per trial (the streaming sweeper submits each as a slot frees), its log inside the sweep folder
+    jobs = job_ids(sweep)
+    assert sorted(jobs) == [0, 1, 2] and len(set(jobs.values())) == 3
+    for job_id in jobs.values():
+        assert (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").exists()
+        assert job_states(job_id) == ["COMPLETED"]
     print(f"3-trial grid sweep on SLURM: {seconds:.1f} s from submit to results")
 
 
@@ -135,15 +141,15 @@ def test_preempted_trial_resumes_to_the_same_metrics(job_name, tmp_path):
         trial = wait_for(lambda: next((tmp_path / "outputs" / "sweeps").glob("*/1_*"), None), 120)
         # after the first epoch, with two to go
         wait_for(lambda: len(read_metrics(trial)) >= 1, 120)
-        (task_dir,) = trial.parent.glob(".submitit/*_1")
-        subprocess.run(["scancel", "--signal=USR2", task_dir.name], check=True)
+        job_id = job_ids(trial.parent)[1]
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         output, _ = sweep.communicate(timeout=120)
     finally:
         sweep.kill()
     assert sweep.returncode == 0, output
     (reference,) = trial.parent.glob("0_*")
     assert "checkpoint saved mid-epoch" in (trial / "runner.log").read_text()
-    assert job_states(task_dir.name) == ["REQUEUED", "COMPLETED"]
+    assert job_states(job_id) == ["REQUEUED", "COMPLETED"]
     resumed, uninterrupted = read_result(trial), read_result(reference)
     assert resumed["status"] == uninterrupted["status"] == "completed"
     assert resumed["steps"] == uninterrupted["steps"]
@@ -152,21 +158,43 @@ def test_preempted_trial_resumes_to_the_same_metrics(job_name, tmp_path):
 
 
 def test_detached_sweep_outlives_the_command(job_name, tmp_path):
-    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    # from a folder other than the repository, into a sweep folder with a space, a quote and a comma
+    outputs = tmp_path / "out dir's, here"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(outputs)}
     done = subprocess.run(
         [sys.executable, "-m", "launchers.detach", f"--job-name={job_name}", "--",
          f"hydra.launcher.name={job_name}", *TINY, "optimizer.lr=0.1,0.01"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     printed = dict(line.split(":", 1) for line in done.stdout.splitlines() if line.startswith(("driver", "sweep")))
     job_id, sweep, log = printed["driver job"].strip(), Path(printed["sweep dir"].strip()), printed["driver log"].strip()
-    assert sweep.parent == tmp_path / "outputs" / "sweeps"
+    assert sweep.parent == outputs / "sweeps"
     # the command has returned; the driver job runs the sweep on its own
     wait_for_jobs(job_name, timeout=120)
     assert job_states(job_id) == ["COMPLETED"]
     trials = trial_dirs(sweep)
     assert len(trials) == 2 and all(read_result(t)["status"] == "completed" for t in trials)
-    assert "Submitit 'slurm' sweep output dir" in Path(log).read_text()
+    assert f"Sweep {sweep}: 2 trial(s) of a grid" in Path(log).read_text()
+
+
+def test_nevergrad_on_slurm_keeps_its_slots_busy_one_job_per_trial(job_name, run_cli, tmp_path):
+    # trial 1 trains 150 epochs, the others one: a slot freed by a short trial is taken at once
+    done = run_cli("--multirun", "hydra/launcher=slurm", f"hydra.launcher.name={job_name}",
+                   "hydra.launcher.cpus_per_task=1", *LONG_SECOND, "trainer.max_epochs=choice(1,150)", timeout=300)
+    assert done.returncode == 0, done.stderr
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    trials = trial_dirs(sweep)
+    assert len(trials) == 5 and all(read_result(t)["status"] == "completed" for t in trials)
+    assert len(set(job_ids(sweep).values())) == 5
+    beside, most = asks_beside_a_running_trial(sweep)
+    assert most == 2 and 2 in beside, beside
+
+
+def job_ids(sweep: Path) -> dict[int, str]:
+    """Trial number -> its SLURM job id, from the sweep's journal."""
+    return {e["number"]: e["job_id"] for e in Journal(sweep).read() if e["event"] == "job"}
 
 
 def trial_dirs(sweep: Path) -> list[Path]:

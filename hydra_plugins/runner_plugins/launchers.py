@@ -1,0 +1,28 @@
+"""The `parallel` launcher as a Hydra plugin: a thin shell around launchers.workers.ParallelLauncher."""
+
+from typing import Any, Sequence
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class ParallelLauncher(Launcher):
+    """Warm worker processes on this machine, one per slot; Hydra's own sweepers get batches run on them."""
+
+    def __init__(self, **settings: Any) -> None:
+        # imported here: Hydra imports this module at every start, even for --help
+        from launchers.workers import ParallelLauncher as Impl
+
+        self.impl = Impl(**settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self.impl.launch(job_overrides, initial_job_idx)
+
+    def trial_pool(self) -> Any:
+        """The pool the streaming sweepers feed one trial at a time (launchers.pools.TrialPool)."""
+        return self.impl.pool

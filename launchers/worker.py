@@ -1,0 +1,186 @@
+"""A warm worker: one process that runs trial after trial for the `parallel` launcher.
+
+    python -m launchers.worker FD BOOT_FILE     (started by launchers.workers.WorkerPool)
+
+It loads the sweep's Hydra context from BOOT_FILE, imports the preload modules (torch...) once,
+captures its process state, then for each trial the pool sends over the socket FD: composes the
+trial's config, runs it with Hydra's run_job (as every Hydra launcher does), sends the result
+back, and puts the captured state back (launchers.process_state) so the next trial starts as in
+a fresh process. The trial's stdout and stderr go to .workers/<number>.out in the sweep folder.
+
+It exits when the pool says stop, when the pool's end of the socket closes, on SIGTERM (a running
+trial saves its checkpoint first, see runner.interrupt) and when the sweep's process dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import os
+import signal
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+
+class Stop(BaseException):
+    """SIGTERM: stop after the current trial has saved what it can (not an Exception: no trial catches it)."""
+
+
+class _Termination:
+    """What SIGTERM does to a worker. Waiting for a trial, it stops at once. In a trial's training
+    loop the trial saves its checkpoint first and then hands the signal over (runner.interrupt,
+    calling this with no frame): the worker stops there. Anywhere else (loading torch, building a
+    model) an exception raised from a signal handler could cross C++ code and abort the process:
+    the request is kept, and the worker stops once the trial ends."""
+
+    def __init__(self):
+        self.waiting = False
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.waiting or frame is None:
+            raise Stop(signal.Signals(signum).name)
+        self.requested = True
+
+
+termination = _Termination()
+
+
+def die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the sweep's process dies, so no worker outlives its sweep."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request was made
+        raise Stop("the sweep's process is gone")
+
+
+def resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _Output:
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to a file for a while."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = os.dup(1), os.dup(2)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def run(conn: Connection, boot_file: Path) -> int:
+    import cloudpickle
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import JobStatus, setup_globals
+
+    from launchers.pools import run_trial
+    from launchers.process_state import ProcessState
+
+    with open(boot_file, "rb") as f:
+        boot = cloudpickle.load(f)
+    Singleton.set_state(boot["singleton_state"])
+    setup_globals()
+    for module in boot["preload"]:
+        importlib.import_module(module)
+    output_dir = Path(boot["output_dir"])
+    baseline = ProcessState.capture()
+    # what is loaded now stays for good: the collection after each trial need not walk it again
+    gc.freeze()
+    conn.send(("ready", os.getpid()))
+    while True:
+        if termination.requested:
+            raise Stop("SIGTERM")
+        termination.waiting = True
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return 0  # the sweep's end of the socket closed
+        finally:
+            termination.waiting = False
+        if message[0] == "stop":
+            return 0
+        _, number, overrides = message
+        error_text = None
+        try:
+            with _Output(output_dir / f"{number}.out"):
+                print(f"=== trial {number}, worker pid {os.getpid()}: {' '.join(overrides)}", flush=True)
+                ret = run_trial(boot["hydra_context"], boot["task_function"], boot["config"], number, overrides,
+                                job_id=f"{os.getpid()}_{number}")
+                if ret.status == JobStatus.FAILED:
+                    error = ret._return_value
+                    traceback.print_exception(error)
+                    error_text = (type(error).__name__, str(error), _is_compact(error))
+        finally:
+            baseline.restore()
+        if ret.status == JobStatus.FAILED:
+            result = ("failed", error_text)
+        else:
+            result = ("completed", ret.return_value)
+        run_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg is not None else None
+        stray = [t.name for t in baseline.stray_threads()]
+        conn.send(("done", number, result, run_dir, resident_bytes(), stray))
+        if stray:
+            return 0  # a thread the trial left running would run on into the next trial: be replaced
+
+
+def _is_compact(error: BaseException) -> bool:
+    from hydra.errors import CompactHydraException
+
+    return isinstance(error, CompactHydraException)
+
+
+def main(argv: list[str]) -> int:
+    conn = Connection(int(argv[0]))
+    boot_file = Path(argv[1])
+    # a trial sees the same sys.argv in every worker, whatever the socket and the boot file
+    del sys.argv[1:]
+    signal.signal(signal.SIGTERM, termination)
+    # Ctrl-C reaches the workers too (one process group): between trials there is nothing to save
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        die_with_parent()
+        return run(conn, boot_file)
+    except (Stop, KeyboardInterrupt) as why:
+        try:
+            conn.send(("stopped", f"{type(why).__name__} {why}".strip()))
+        except OSError:
+            pass
+        return 0
+    finally:
+        # a trial's non-daemon threads must not keep a stopped worker alive
+        if threading.active_count() > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
