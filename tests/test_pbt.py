@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from runner.errors import ConfigError
+from runner.journal import Journal
 from runner.pbt import (GLOBAL_LOG, POLICY_FILE, Population, Space, checkpoint_name, explore, parse_space,
                         quantile_count, read_policy, read_records, schedule)
 from runner.results import read_metrics, read_result, write_bytes_atomic
@@ -638,6 +639,6 @@ def test_a_pbt_sweep_on_slurm(job_name, run_cli, tmp_path):
     assert len(trials) == 4 and all(read_result(t)["status"] == "completed" for t in trials)
     lines = check_decisions(sweep_dir, 0.5)
     assert sorted((r["trial"], r["epoch"]) for r in lines) == sorted((t.name, e) for t in trials for e in (1, 2))
-    # one array job: the four trials ran as SLURM jobs side by side
-    arrays = {p.name.split("_")[0] for p in (sweep_dir / ".submitit").glob("*_*") if p.name.split("_")[0].isdigit()}
-    assert len(arrays) == 1
+    # each trial ran as a SLURM job of its own
+    jobs = {e["number"]: e["job_id"] for e in Journal(sweep_dir).read() if e["event"] == "job"}
+    assert sorted(jobs) == [0, 1, 2, 3] and len(set(jobs.values())) == 4

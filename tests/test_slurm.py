@@ -238,8 +238,8 @@ def test_a_two_task_trial_trains_as_two_ranks_and_resumes_after_preemption(job_n
     try:
         trial = wait_for(lambda: next((tmp_path / "outputs" / "sweeps").glob("*/1_*"), None), 120)
         wait_for(lambda: len(read_metrics(trial)) >= 1, 180)
-        (task_dir,) = trial.parent.glob(".submitit/*_1")  # the trial's array task, both its ranks
-        subprocess.run(["scancel", "--signal=USR2", task_dir.name], check=True)
+        job_id = wait_for(lambda: job_ids(trial.parent).get(1), 60)  # the trial's job, both its ranks
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         output, _ = sweep.communicate(timeout=240)
     finally:
         sweep.kill()
@@ -247,7 +247,7 @@ def test_a_two_task_trial_trains_as_two_ranks_and_resumes_after_preemption(job_n
     (reference,) = trial.parent.glob("0_*")
     assert "checkpoint saved mid-epoch" in (trial / "runner.log").read_text()
     assert (trial / "runner.rank1.log").exists() and "rank 1 of 2 joined" in (trial / "runner.rank1.log").read_text()
-    assert job_states(task_dir.name) == ["REQUEUED", "COMPLETED"]
+    assert job_states(job_id) == ["REQUEUED", "COMPLETED"]
     resumed, uninterrupted = read_result(trial), read_result(reference)
     assert resumed["status"] == uninterrupted["status"] == "completed"
     assert [numbers(row) for row in read_metrics(trial)] == [numbers(row) for row in read_metrics(reference)]
