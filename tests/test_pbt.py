@@ -610,6 +610,15 @@ def check_decisions(sweep_dir: Path, fraction: float) -> list[dict]:
     return lines
 
 
+def check_four_trials_decided_at_epochs_1_and_2(done, sweep_dir: Path) -> None:
+    """The 4-trial sweep of 3 epochs (perturbation points after epochs 1 and 2) completed, and every
+    trial recorded one decision at each point, by the rule (quantile fraction 0.5)."""
+    assert done.returncode == 0, done.stderr
+    trials = sorted(p for p in sweep_dir.iterdir() if (p / POLICY_FILE).exists())
+    assert len(trials) == 4 and all(read_result(t)["status"] == "completed" for t in trials)
+    lines = check_decisions(sweep_dir, 0.5)
+    assert sorted((r["trial"], r["epoch"]) for r in lines) == sorted((t.name, e) for t in trials for e in (1, 2))
+
 @pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_a_pbt_sweep_under_the_parallel_launcher(run_cli, tmp_path):
@@ -618,11 +627,7 @@ def test_a_pbt_sweep_under_the_parallel_launcher(run_cli, tmp_path):
     done = run_cli("-m", "hydra/launcher=parallel", f"hydra.launcher.cpus_per_task={max(1, cores // 2)}", *BASE,
                    "trainer.max_epochs=3", "pbt.quantile_fraction=0.5", "optimizer.lr=0.05,0.01,0.000001,0.0000001",
                    f"hydra.sweep.dir={sweep_dir}", timeout=380)
-    assert done.returncode == 0, done.stderr
-    trials = sorted(p for p in sweep_dir.iterdir() if (p / POLICY_FILE).exists())
-    assert len(trials) == 4 and all(read_result(t)["status"] == "completed" for t in trials)
-    lines = check_decisions(sweep_dir, 0.5)
-    assert sorted((r["trial"], r["epoch"]) for r in lines) == sorted((t.name, e) for t in trials for e in (1, 2))
+    check_four_trials_decided_at_epochs_1_and_2(done, sweep_dir)
     assert "PBT: 8 perturbation points recorded" in done.stdout + done.stderr
 
 
@@ -634,11 +639,7 @@ def test_a_pbt_sweep_on_slurm(job_name, run_cli, tmp_path):
     done = run_cli("-m", "hydra/launcher=slurm", f"hydra.launcher.name={job_name}", *BASE, "trainer.max_epochs=3",
                    "pbt.quantile_fraction=0.5", "optimizer.lr=0.05,0.01,0.000001,0.0000001",
                    f"hydra.sweep.dir={sweep_dir}", timeout=280)
-    assert done.returncode == 0, done.stderr
-    trials = sorted(p for p in sweep_dir.iterdir() if (p / POLICY_FILE).exists())
-    assert len(trials) == 4 and all(read_result(t)["status"] == "completed" for t in trials)
-    lines = check_decisions(sweep_dir, 0.5)
-    assert sorted((r["trial"], r["epoch"]) for r in lines) == sorted((t.name, e) for t in trials for e in (1, 2))
+    check_four_trials_decided_at_epochs_1_and_2(done, sweep_dir)
     # each trial ran as a SLURM job of its own
     jobs = {e["number"]: e["job_id"] for e in Journal(sweep_dir).read() if e["event"] == "job"}
     assert sorted(jobs) == [0, 1, 2, 3] and len(set(jobs.values())) == 4

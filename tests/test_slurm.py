@@ -131,23 +131,10 @@ def test_slurm_launcher_runs_a_nevergrad_sweep(job_name, run_cli, tmp_path):
 def test_preempted_trial_resumes_to_the_same_metrics(job_name, tmp_path):
     """Two identical trials (log_every_n_steps changes no number); one gets USR2 mid-training,
     as SLURM sends it at preemption: it saves, is requeued, resumes, and ends where the other does."""
-    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "runner", "--multirun", "hydra/launcher=slurm", f"hydra.launcher.name={job_name}",
-         "dataset=synthetic", "dataset.num_train=2048", "trainer.batch_size=32", "trainer.max_epochs=3",
-         "trainer.deterministic=true", "logger=none", "trainer.log_every_n_steps=50,51"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        trial = wait_for(lambda: next((tmp_path / "outputs" / "sweeps").glob("*/1_*"), None), 120)
-        # after the first epoch, with two to go
-        wait_for(lambda: len(read_metrics(trial)) >= 1, 120)
-        job_id = job_ids(trial.parent)[1]
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-        output, _ = sweep.communicate(timeout=120)
-    finally:
-        sweep.kill()
-    assert sweep.returncode == 0, output
-    (reference,) = trial.parent.glob("0_*")
+    trial, job_id, reference = preempt_the_second_of_two_trials(
+        tmp_path, ["hydra/launcher=slurm", f"hydra.launcher.name={job_name}", "dataset=synthetic",
+                   "dataset.num_train=2048", "trainer.batch_size=32", "trainer.max_epochs=3", "trainer.deterministic=true",
+                   "logger=none", "trainer.log_every_n_steps=50,51"], epoch_s=120, finish_s=120)
     assert "checkpoint saved mid-epoch" in (trial / "runner.log").read_text()
     assert job_states(job_id) == ["REQUEUED", "COMPLETED"]
     resumed, uninterrupted = read_result(trial), read_result(reference)
@@ -197,6 +184,27 @@ def job_ids(sweep: Path) -> dict[int, str]:
     return {e["number"]: e["job_id"] for e in Journal(sweep).read() if e["event"] == "job"}
 
 
+def preempt_the_second_of_two_trials(tmp_path: Path, overrides: list[str], epoch_s: float,
+                                     finish_s: float) -> tuple[Path, str, Path]:
+    """Run a two-trial sweep whose trials train the same numbers; once trial 1 has trained an epoch,
+    send its job USR2, as SLURM does at preemption, and wait for the sweep to end. Returns trial 1's
+    folder, its job id and trial 0's folder (the same trial, never interrupted)."""
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    sweep = subprocess.Popen([sys.executable, "-m", "runner", "--multirun", *overrides], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        trial = wait_for(lambda: next((tmp_path / "outputs" / "sweeps").glob("*/1_*"), None), 120)
+        wait_for(lambda: len(read_metrics(trial)) >= 1, epoch_s)
+        job_id = wait_for(lambda: job_ids(trial.parent).get(1), 60)  # every task (rank) of the trial's job
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        output, _ = sweep.communicate(timeout=finish_s)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, output
+    (reference,) = trial.parent.glob("0_*")
+    return trial, job_id, reference
+
+
 def trial_dirs(sweep: Path) -> list[Path]:
     return sorted(p.parent for p in sweep.glob("*/result.json"))
 
@@ -229,22 +237,11 @@ def test_a_two_task_trial_trains_as_two_ranks_and_resumes_after_preemption(job_n
     """hydra/launcher=slurm_ddp: each trial is a job of 2 tasks, one rank each. Two identical trials
     (log_every_n_steps changes no number); one gets USR2 mid-training, as at preemption: its ranks stop
     at the same step, rank 0 writes the checkpoint, the job is requeued and ends where the other does."""
-    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "runner", "--multirun", "hydra/launcher=slurm_ddp", f"hydra.launcher.name={job_name}",
-         "trainer.strategy=ddp", "dataset=synthetic", "dataset.num_train=2048", "model=mlp", "trainer.batch_size=32",
-         "trainer.max_epochs=3", "trainer.deterministic=true", "logger=none", "trainer.log_every_n_steps=50,51"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        trial = wait_for(lambda: next((tmp_path / "outputs" / "sweeps").glob("*/1_*"), None), 120)
-        wait_for(lambda: len(read_metrics(trial)) >= 1, 180)
-        job_id = wait_for(lambda: job_ids(trial.parent).get(1), 60)  # the trial's job, both its ranks
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-        output, _ = sweep.communicate(timeout=240)
-    finally:
-        sweep.kill()
-    assert sweep.returncode == 0, output
-    (reference,) = trial.parent.glob("0_*")
+    trial, job_id, reference = preempt_the_second_of_two_trials(
+        tmp_path, ["hydra/launcher=slurm_ddp", f"hydra.launcher.name={job_name}", "trainer.strategy=ddp",
+                   "dataset=synthetic", "dataset.num_train=2048", "model=mlp", "trainer.batch_size=32",
+                   "trainer.max_epochs=3", "trainer.deterministic=true", "logger=none", "trainer.log_every_n_steps=50,51"],
+        epoch_s=180, finish_s=240)
     assert "checkpoint saved mid-epoch" in (trial / "runner.log").read_text()
     assert (trial / "runner.rank1.log").exists() and "rank 1 of 2 joined" in (trial / "runner.rank1.log").read_text()
     assert job_states(job_id) == ["REQUEUED", "COMPLETED"]
