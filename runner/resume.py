@@ -10,6 +10,7 @@ different experiment, so the resume is refused, naming each key with its old and
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -68,11 +69,10 @@ def differences(saved: DictConfig, current: DictConfig) -> list[tuple[str, Any, 
 def check_resume(saved_yaml: str, current: DictConfig, path, epochs_done: int) -> DictConfig:
     """Refuse a resume that would train a different experiment; returns the saved config."""
     saved = OmegaConf.create(saved_yaml)
-    refused = [(key, old, new) for key, old, new in differences(saved, current) if not may_change(key)]
+    refused = _refused(saved, current, "in the checkpoint")
     if refused:
-        lines = "\n".join(f"  - {key}: {_shown(old)} in the checkpoint, {_shown(new)} now" for key, old, new in refused)
         raise ConfigError(
-            f"cannot resume from {path}: the config differs from the one it was trained with:\n{lines}\n"
+            f"cannot resume from {path}: the config differs from the one it was trained with:\n{refused}\n"
             f"Resume with the old values, or start over with trainer.resume=never (the old results are moved "
             f"to archive/, not deleted). Keys a resume may change: {', '.join(MAY_CHANGE)}."
         )
@@ -81,6 +81,28 @@ def check_resume(saved_yaml: str, current: DictConfig, path, epochs_done: int) -
         raise ConfigError(f"cannot resume from {path}: trainer.max_epochs={max_epochs} is below the "
                           f"{epochs_done} epochs this run has done; use trainer.max_epochs >= {epochs_done}")
     return saved
+
+
+def check_read_back(run_dir: Path, status: str, current: DictConfig) -> None:
+    """A finished run's result is read back only for the experiment it ran: another config in its
+    folder would otherwise get that result silently. The config is the one the run wrote into
+    .hydra/config.yaml (a folder without it, from an older runner, is read back as before)."""
+    written = run_dir / ".hydra" / "config.yaml"
+    if not written.is_file():
+        return
+    refused = _refused(OmegaConf.load(written), current, "in that run")
+    if refused:
+        raise ConfigError(
+            f"{run_dir} already {status} with another config:\n{refused}\n"
+            f"Run it with the old values to read its result back, choose another hydra.run.dir, or start over "
+            f"there with trainer.resume=never (the old results are moved to archive/, not deleted)."
+        )
+
+
+def _refused(saved: DictConfig, current: DictConfig, where: str) -> str:
+    """One line per key that differs and may not change, empty when none does."""
+    return "\n".join(f"  - {key}: {_shown(old)} {where}, {_shown(new)} now"
+                     for key, old, new in differences(saved, current) if not may_change(key))
 
 
 def _shown(value: Any) -> str:

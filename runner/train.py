@@ -22,6 +22,7 @@ from runner import config as config_checks
 from runner.callbacks import ResultRecord, build_callbacks, rank_callbacks, worst_value
 from runner.distributed import Ranks
 from runner.interrupt import RunInterrupted
+from runner.resume import check_read_back
 from runner.errors import ConfigError, RunnerError, TrialFailed
 from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LAST_CHECKPOINT, RESULT_FILE, now,
                             read_result, write_json_atomic, write_text_atomic)
@@ -111,6 +112,7 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
     trainer = config_checks.typed_trainer(cfg)
     previous = read_result(context.run_dir)
     if trainer.resume == "auto" and _is_finished(previous, trainer.max_epochs):
+        check_read_back(context.run_dir, previous["status"], cfg)
         log.info("%s already %s: reading its result back (trainer.resume=never starts over)",
                  context.run_dir, previous["status"])
         return _returned_value(previous, cfg.objective.goal)

@@ -65,6 +65,20 @@ def test_a_resume_that_would_change_the_experiment_is_refused_and_changes_nothin
     assert snapshot(tmp_path) == before
 
 
+def test_a_finished_run_is_read_back_only_for_the_config_it_ran(compose_cfg, tmp_path):
+    fit(compose_cfg, tmp_path, [*TINY, "trainer.max_epochs=1"])
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        fit(compose_cfg, tmp_path, [*TINY, "trainer.max_epochs=1", "optimizer.lr=0.0123"])
+    message = str(error.value)
+    assert "already completed with another config" in message and "  - optimizer.lr: " in message
+    assert snapshot(tmp_path) == before
+    # only keys a resume may change differ: the result is read back, nothing trained or written
+    value = fit(compose_cfg, tmp_path, [*TINY, "trainer.max_epochs=1", "trainer.log_every_n_steps=3"])
+    assert value == read_result(tmp_path)["objective"]["value"]
+    assert snapshot(tmp_path) == before
+
+
 def test_a_resume_may_change_how_the_run_is_watched_and_stored(compose_cfg, tmp_path):
     fit(compose_cfg, tmp_path, [*TINY, "trainer.max_epochs=1"])
     fit(compose_cfg, tmp_path, [*TINY, "trainer.max_epochs=2", "logger=csv", "trainer.log_every_n_steps=1",
