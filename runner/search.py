@@ -83,7 +83,7 @@ class NevergradSearch:
 
     kind = "nevergrad"
 
-    def __init__(self, lines: list[str], optim: DictConfig, config_loader=None):
+    def __init__(self, lines: list[str], optim: DictConfig, config_loader=None, base_config: DictConfig | None = None):
         import nevergrad as ng
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra_plugins.hydra_nevergrad_sweeper._impl import create_nevergrad_parameter_from_override
@@ -91,6 +91,8 @@ class NevergradSearch:
         self.lines = lines
         self.optim = optim
         parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(lines)
+        for override in parsed:
+            check_dimension(override, base_config)
         params = {override.get_key_element(): create_nevergrad_parameter_from_override(override)
                   for override in parsed}
         # key -> the overrides of every option of a choice, for validating each option once
@@ -133,6 +135,36 @@ class NevergradSearch:
 
 
 
+# the tags Hydra's Nevergrad parametrization reads; any other would be dropped without a word
+INTERVAL_TAGS = {"log"}
+CHOICE_TAGS = {"ordered"}
+
+
+def check_dimension(override, base_config: DictConfig | None) -> None:
+    """Refuse a dimension of the space that would not search what it says, before any trial runs."""
+    line = override.input_line
+    if override.is_choice_sweep():
+        unknown = set(override.value().tags) - CHOICE_TAGS
+        if unknown:
+            raise ConfigError(f"{line}: unknown tag {', '.join(sorted(unknown))}; a choice takes tag(ordered, "
+                              f"choice(...)) (neighbouring options are close) or no tag")
+    if not override.is_interval_sweep():
+        return
+    interval, key = override.value(), override.get_key_element()
+    unknown = set(interval.tags) - INTERVAL_TAGS
+    if unknown:
+        raise ConfigError(f"{line}: unknown tag {', '.join(sorted(unknown))}; an interval takes tag(log, "
+                          f"interval(low, high)) (a log scale) or no tag (uniform)")
+    if "log" in interval.tags and min(interval.start, interval.end) <= 0:
+        raise ConfigError(f"{line}: a log-scale interval needs both bounds above 0")
+    current = None if base_config is None else OmegaConf.select(base_config, key, default=None,
+                                                                 throw_on_resolution_failure=False)
+    if isinstance(interval.start, float) and isinstance(current, int) and not isinstance(current, bool):
+        # Hydra reads interval bounds as floats, whole or not
+        raise ConfigError(f"{line} draws floats, but {key} is an integer ({current}); write "
+                          f"{key}=int(interval({int(interval.start)},{int(interval.end)})) for integers")
+
+
 def each_value_once(first: list[str], choices: dict[str, list[str]]) -> list[list[str]]:
     """The first trial's overrides, then each other value of each key swapped into them, once:
     every value of a grid (or option of a choice) is composed without composing every combination."""
@@ -154,13 +186,16 @@ def _json_value(value: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def make_search(kind: str, params: Any, optim: DictConfig | None, arguments: list[str], config_loader=None):
+def make_search(kind: str, params: Any, optim: DictConfig | None, arguments: list[str], config_loader=None,
+                base_config: DictConfig | None = None):
+    """The sweep's search; base_config (the composed config before any override of the space) tells
+    which keys hold integers."""
     params = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else params
     lines = space_lines(params, arguments)
     if kind == "grid":
         return GridSearch(lines, config_loader)
     check_optim(optim)
-    return NevergradSearch(lines, optim, config_loader)
+    return NevergradSearch(lines, optim, config_loader, base_config)
 
 
 def check_optim(optim: DictConfig | None) -> None:

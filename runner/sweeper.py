@@ -114,7 +114,8 @@ class StreamingSweeper:
     def _sweep(self, arguments: list[str]) -> list[JobReturn]:
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.search = make_search(self.kind, self.params, self.optim, arguments, self.hydra_context.config_loader)
+        self.search = make_search(self.kind, self.params, self.optim, arguments, self.hydra_context.config_loader,
+                                  self.config)
         self.in_flight = self.limit or self.search.budget
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self.journal = Journal(self.sweep_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import os
 import signal
 import subprocess
@@ -22,7 +23,8 @@ from omegaconf import OmegaConf
 
 from launchers.pools import Finished, TrialPool
 from runner.results import read_result
-from runner.search import NevergradSearch
+from runner.errors import ConfigError
+from runner.search import NevergradSearch, make_search
 from runner.journal import Journal
 from runner.sweeper import StreamingSweeper
 from tests.conftest import REPO
@@ -372,3 +374,27 @@ def test_a_resumed_sweep_tells_the_optimizer_in_the_journal_order_whatever_order
     resumed = [e for e in journal.read() if e["event"] == "ask"]
     # the optimizer was where it had been: the same sixth point, then the rest of the budget
     assert resumed[5]["overrides"] == asks[5]["overrides"] and len(resumed) == 8
+
+
+RANDOM_SEARCH = {"optimizer": "RandomSearch", "budget": 4, "num_workers": 1, "noisy": False, "maximize": True,
+                 "seed": 0, "max_failure_rate": 0.0}
+
+
+@pytest.mark.parametrize("line,message", [
+    ("optimizer.lr=tag(lg,interval(0.001,0.1))", "unknown tag lg"),
+    ("optimizer.lr=tag(log,interval(0,0.1))", "a log-scale interval needs both bounds above 0"),
+    ("trainer.batch_size=interval(16,64)", "draws floats, but trainer.batch_size is an integer (64); write "
+                                           "trainer.batch_size=int(interval(16,64))"),
+    ("model=tag(shuffled,choice(lenet,mlp))", "unknown tag shuffled"),
+])
+def test_a_space_that_would_not_search_what_it_says_is_refused_before_any_trial(compose_cfg, line, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_search("nevergrad", None, OmegaConf.create(RANDOM_SEARCH), [line], base_config=compose_cfg([]))
+
+
+def test_an_integer_interval_asks_integers_on_the_scale_it_names(compose_cfg):
+    search = make_search("nevergrad", None, OmegaConf.create(RANDOM_SEARCH),
+                         ["trainer.batch_size=tag(log,int(interval(16,256)))"], base_config=compose_cfg([]))
+    values = [int(search.ask().overrides[0].split("=")[1]) for _ in range(4)]
+    assert all(16 <= v <= 256 for v in values) and len(set(values)) > 1
+
