@@ -123,6 +123,9 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
         problems.append(f"optimizer.lr={lr!r} must be a number > 0")
 
+    if not isinstance(cfg.get("fail_fast", False), bool):
+        problems.append(f"fail_fast={cfg.fail_fast!r} must be true or false")
+
     for group in ("dataset", "model", "task"):
         if not isinstance(cfg.get(group), DictConfig) or "_target_" not in cfg[group]:
             problems.append(f"{group} must name what to build with _target_ (see conf/{group}/)")

@@ -45,6 +45,8 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         require_writable(sweep_dir, "hydra.sweep.dir")
+        if not isinstance(config.get("fail_fast", False), bool):
+            stop(f"fail_fast={config.fail_fast!r} must be true or false")
         # a rerun of a sweep that stopped on fail_fast starts afresh
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)
         # the runner's own sweepers check their settings themselves, once their workers are starting

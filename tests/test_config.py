@@ -54,6 +54,7 @@ def test_loggers_are_named_entries(compose_cfg):
         ("optimizer.lr=0", "optimizer.lr=0 must be a number > 0"),
         ("optimizer.lr=-0.1", "optimizer.lr=-0.1 must be a number > 0"),
         ("optimizer.lr=fast", "optimizer.lr='fast' must be a number > 0"),
+        ("fail_fast=flase", "fail_fast='flase' must be true or false"),
         ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 must be >= 1"),
         ("trainer.max_epochs=ten", "trainer.max_epochs"),
