@@ -313,6 +313,13 @@ def config_problems(cfg: DictConfig, keys_exist: bool = True) -> list[str]:
     if _is_int(every) and every >= 1 and _is_int(interval) and interval >= 1 and interval % every:
         problems.append(f"pbt.perturbation_interval={interval} must be a multiple of trainer.eval_every_n_epochs="
                         f"{every}: a trial compares its objective at every perturbation point")
+    epochs, burn_in = trainer.get("max_epochs"), settings["burn_in"]
+    if _is_int(interval) and interval >= 1 and _is_int(burn_in) and burn_in >= 0 and _is_int(epochs):
+        first = interval * max(1, -(-burn_in // interval))  # the first multiple of the interval from burn_in on
+        if first >= epochs:
+            problems.append(f"pbt.perturbation_interval={interval} with pbt.burn_in={burn_in} and trainer.max_epochs="
+                            f"{epochs}: the first perturbation point would be epoch {first}, not before the last "
+                            f"epoch, so PBT would never act; use a shorter interval or more epochs")
     if "trainer.batch_size" in spaces and cfg.get("scheduler") and cfg.scheduler.get("interval") == "step":
         problems.append("pbt.mutations: trainer.batch_size cannot change with a scheduler stepped every batch "
                         "(scheduler.interval=step), whose length is counted in batches of the first size; "

@@ -159,6 +159,8 @@ def test_trial_folders_of_a_sweep_with_long_overrides_stay_within_the_filesystem
     ("trainer.eval_every_n_epochs=3", "perturbation_interval=2 must be a multiple of trainer.eval_every_n_epochs=3"),
     ("pbt.quantile_fraction=0.75", r"pbt.quantile_fraction=0.75 must be a number in \(0, 0.5\]"),
     ("pbt.perturbation_factors=[]", "pbt.perturbation_factors=.* must be a list of numbers > 0"),
+    ("trainer.max_epochs=2", "the first perturbation point would be epoch 2, not before the last epoch"),
+    ("pbt.burn_in=9", "the first perturbation point would be epoch 10"),
 ])
 def test_mutations_and_settings_that_cannot_work_are_refused_before_training(compose_cfg, override, message):
     from runner.config import validate
