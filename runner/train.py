@@ -127,6 +127,11 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
 
     if distributed.slurm_tasks() > 1:
         ranks = distributed.from_slurm(trainer)
+    elif trainer.num_nodes > 1:
+        raise ConfigError(f"trainer.num_nodes={trainer.num_nodes} needs a launcher that starts every rank on every "
+                          f"node, one task each (hydra/launcher=slurm_ddp hydra.launcher.nodes={trainer.num_nodes}); "
+                          f"this process is one task on one machine: use trainer.num_nodes=1 and trainer.devices "
+                          f"for the processes of this machine")
     elif distributed.world_size(trainer) > 1:
         return _train_on_spawned_ranks(cfg, context, trainer, distributed.world_size(trainer))
     else:

@@ -132,3 +132,14 @@ def test_ddp_settings_are_checked_before_anything_runs(run_cli):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "trainer.devices=2 needs trainer.strategy=ddp" in done.stderr
     assert "trainer.num_nodes=0 must be >= 1" in done.stderr
+
+
+def test_several_nodes_outside_a_multi_node_launcher_are_refused(compose_cfg, tmp_path):
+    """One process on one machine cannot be the ranks of other nodes: it would start them all here."""
+    from runner.errors import ConfigError
+
+    cfg = compose_cfg(["dataset=synthetic", "trainer.max_epochs=1", "logger=none", "trainer.strategy=ddp",
+                       "trainer.num_nodes=2"])
+    with pytest.raises(ConfigError, match="trainer.num_nodes=2 needs a launcher that starts every rank on every node"):
+        train(cfg, RunContext(run_dir=tmp_path))
+    assert read_result(tmp_path) is None
