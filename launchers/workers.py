@@ -55,7 +55,13 @@ def visible_gpus(gpus: str) -> list[str]:
         out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
                              capture_output=True, text=True, check=False)
         return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-    return [gpu.strip() for gpu in str(gpus).split(",") if gpu.strip()]
+    ids = [gpu.strip() for gpu in str(gpus).split(",") if gpu.strip()]
+    # what CUDA_VISIBLE_DEVICES takes; anything else would hide every GPU and train on the CPU
+    wrong = [gpu for gpu in ids if not (gpu.isdigit() or gpu.startswith(("GPU-", "MIG-")))]
+    if wrong:
+        raise ConfigError(f"hydra.launcher.gpus={gpus!r}: {', '.join(wrong)} is not a GPU; use all (every GPU "
+                          f"nvidia-smi lists), comma-separated indices or UUIDs (0,1 or GPU-...), or '' for none")
+    return ids
 
 
 @dataclass
@@ -77,8 +83,12 @@ class Slot:
 def make_slots(cpus_per_task: Any, gpus: str) -> list[Slot]:
     if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, int) or cpus_per_task < 1:
         raise ConfigError(f"hydra.launcher.cpus_per_task must be a positive integer, got {cpus_per_task!r}")
+    cores = usable_cores()
+    if cpus_per_task > cores:
+        raise ConfigError(f"hydra.launcher.cpus_per_task={cpus_per_task} is more than the {cores} core(s) this "
+                          f"process may use; use at most {cores}")
     gpu_ids = visible_gpus(gpus)
-    count = max(1, usable_cores() // cpus_per_task)
+    count = cores // cpus_per_task
     if gpu_ids:
         count = min(count, len(gpu_ids))
     return [Slot(i, cpus_per_task, gpu_ids[i] if gpu_ids else None) for i in range(count)]

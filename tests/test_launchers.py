@@ -5,6 +5,7 @@ preset works from any folder, into a sweep folder whose name needs quoting; deta
 from __future__ import annotations
 
 import os
+import re
 import threading
 from datetime import datetime
 
@@ -78,7 +79,6 @@ def test_parallel_preset_runs_warm_workers_with_every_field_overridable():
     (4, 1, "", [(0, None), (1, None), (2, None), (3, None)]),
     (4, 2, "", [(0, None), (1, None)]),
     (4, 1, "3,5", [(0, "3"), (1, "5")]),  # one trial per GPU
-    (1, 2, "", [(0, None)]),  # fewer cores than asked: still one slot
 ])
 def test_slots_split_the_cores_and_give_each_its_own_gpu(monkeypatch, cores, cpus, gpus, expected):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
@@ -93,6 +93,18 @@ def test_slots_split_the_cores_and_give_each_its_own_gpu(monkeypatch, cores, cpu
 def test_a_bad_cpus_per_task_is_refused_naming_it(bad):
     with pytest.raises(ConfigError, match=f"hydra.launcher.cpus_per_task must be a positive integer, got {bad!r}"):
         make_slots(bad, "")
+
+
+def test_more_cores_per_trial_than_the_machine_has_are_refused(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    with pytest.raises(ConfigError, match=r"cpus_per_task=3 is more than the 2 core\(s\) this process may use"):
+        make_slots(3, "")
+
+
+@pytest.mark.parametrize("gpus", ["garbage", "0,gpu1", "1;rm"])
+def test_gpu_ids_that_cuda_would_not_take_are_refused(gpus):
+    with pytest.raises(ConfigError, match=re.escape(f"hydra.launcher.gpus={gpus!r}")):
+        make_slots(1, gpus)
 
 
 @pytest.mark.e2e
