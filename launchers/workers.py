@@ -57,7 +57,7 @@ def visible_gpus(gpus: str) -> list[str]:
         return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
     ids = [gpu.strip() for gpu in str(gpus).split(",") if gpu.strip()]
     # what CUDA_VISIBLE_DEVICES takes; anything else would hide every GPU and train on the CPU
-    wrong = [gpu for gpu in ids if not (gpu.isdigit() or gpu.startswith(("GPU-", "MIG-")))]
+    wrong = [gpu for gpu in ids if not (gpu.lstrip("-").isdigit() or gpu.startswith(("GPU-", "MIG-")))]
     if wrong:
         raise ConfigError(f"hydra.launcher.gpus={gpus!r}: {', '.join(wrong)} is not a GPU; use all (every GPU "
                           f"nvidia-smi lists), comma-separated indices or UUIDs (0,1 or GPU-...), or '' for none")
