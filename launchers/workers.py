@@ -13,6 +13,7 @@ before its next trial. Values reach the workers through their environment, never
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import shutil
@@ -61,7 +62,8 @@ def visible_gpus(gpus: str) -> list[str]:
     if wrong:
         raise ConfigError(f"hydra.launcher.gpus={gpus!r}: {', '.join(wrong)} is not a GPU; use all (every GPU "
                           f"nvidia-smi lists), comma-separated indices or UUIDs (0,1 or GPU-...), or '' for none")
-    return ids
+    # as CUDA reads the list: a negative index (CUDA_VISIBLE_DEVICES=-1) hides it and every one after
+    return list(itertools.takewhile(lambda gpu: not gpu.startswith("-"), ids))
 
 
 @dataclass
