@@ -38,18 +38,22 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         raise
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint as plain data; one that cannot be read is reported by name and left where it is."""
+RESUME_REMEDY = ("Move it away to resume from nothing, or start over with trainer.resume=never (earlier results "
+                 "are kept under archive/).")
+
+
+def load(path: Path, remedy: str = RESUME_REMEDY) -> dict[str, Any]:
+    """Read a checkpoint as plain data; one that cannot be read is reported by name, with what to do
+    about it (`remedy`: resuming, by default), and left where it is."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         old = "weights_only" in str(error) or "Unsupported global" in str(error)
-        hint = (" It holds pickled Python objects, as runner 0.1 wrote them, which cannot be loaded without "
-                "running code from the file. Finish that run with the version that wrote it, or" if old else
-                " It was left in place. Move it away to resume from nothing, or")
+        why = (" It holds pickled Python objects, as runner 0.1 wrote them, which cannot be loaded without "
+               "running code from the file: read it with the version that wrote it." if old else "")
         raise CheckpointError(
-            f"cannot read the checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0]}).{hint} "
-            f"start over with trainer.resume=never (earlier results are kept under archive/)."
+            f"cannot read the checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0]}).{why} "
+            f"It was left in place. {remedy}"
         ) from error
     if not isinstance(state, dict) or "model" not in state or "format_version" not in state:
         raise CheckpointError(f"{path} is not a runner checkpoint (no model or format_version). It was left in place.")

@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config import DEVICE_PATTERN
 from runner.errors import CheckpointError, ConfigError, RunnerError
 from runner.results import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, now, write_json_atomic
 
@@ -107,7 +108,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
     from runner.data import Preprocess
 
     path = checkpoint_path(Path(run_dir), checkpoint)
-    state = checkpoints.load(path)
+    state = checkpoints.load(path, remedy="Evaluate another one: --checkpoint best, last or a checkpoint's path.")
     cfg = apply_overrides(OmegaConf.create(state["config"]), list(overrides))
     task = build_task(cfg)
     model = build(cfg.model, "model")
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.run_dir.is_dir():
         parser.error(f"run folder {args.run_dir} {'is a file' if args.run_dir.exists() else 'does not exist'}")
+    if not DEVICE_PATTERN.match(args.device):
+        parser.error(f"--device {args.device!r} is not allowed; use auto, cpu, mps, cuda or cuda:N")
     try:
         record = evaluate_run(args.run_dir, args.checkpoint, args.split, args.overrides, args.device)
     except RunnerError as error:

@@ -79,6 +79,7 @@ def test_evaluate_works_on_a_run_folder_copied_elsewhere_and_refuses_clearly(com
     refused(str(moved), "model.num_classes=3", fragment="does not fit model components.models.LeNet5")
     refused(str(moved), "--split", "train", fragment="--split 'train' is not allowed; use one of: val, test")
     refused(str(moved), "model.nothing=1", fragment="model.nothing is not in the run's config")
+    refused(str(moved), "--device", "bogus", fragment="--device 'bogus' is not allowed; use auto, cpu")
     not_a_checkpoint = tmp_path / "notes.pt"
     not_a_checkpoint.write_bytes(b"not a checkpoint")
     refused(str(moved), "--checkpoint", str(not_a_checkpoint), fragment=f"cannot read the checkpoint {not_a_checkpoint}")
