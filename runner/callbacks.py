@@ -69,6 +69,9 @@ class Callback:
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))
+
+
 # ---------------------------------------------------------------- stopping rules
 
 
@@ -509,7 +512,11 @@ def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, swee
         if name in builtin:
             raise RunnerError(f"callbacks.{name}: the name is taken by a built-in callback; "
                               f"use another ({', '.join(sorted(builtin))} are taken)")
-        callbacks[name] = build(node, f"callbacks.{name}")
+        callback = build(node, f"callbacks.{name}")
+        if not any(callable(getattr(callback, hook, None)) for hook in HOOKS):
+            raise RunnerError(f"callbacks.{name}: {node._target_} has none of the hooks a callback is called by "
+                              f"({', '.join(HOOKS)}), so it would never run; see runner.callbacks.Callback")
+        callbacks[name] = callback
     if pruner is not None:
         callbacks["pruning"] = Pruning(pruner)
     if pbt is not None:

@@ -129,6 +129,10 @@ def validate(cfg: DictConfig) -> None:
     for group in ("dataset", "model", "task"):
         if not isinstance(cfg.get(group), DictConfig) or "_target_" not in cfg[group]:
             problems.append(f"{group} must name what to build with _target_ (see conf/{group}/)")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node and not (isinstance(node, DictConfig) and "_target_" in node):
+            problems.append(f"callbacks.{name}={_raw_value(cfg, f'callbacks.{name}')} must name what to build with "
+                            f"_target_, e.g. {{_target_: mylab.MyCallback}}, or be null to leave it out")
     if "criterion" not in cfg.loss or "_target_" not in (cfg.loss.criterion or {}):
         problems.append("loss.criterion must name a loss with _target_ (see conf/loss/)")
     fits = cfg.loss.get("tasks")

@@ -3,6 +3,8 @@ state across a resume; media never fail a run; any metric drives the best checkp
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -79,6 +81,20 @@ def test_a_callbacks_state_is_restored_on_resume(compose_cfg, tmp_path):
 def test_a_callback_may_not_take_a_built_in_name(compose_cfg, tmp_path):
     with pytest.raises(RunnerError, match="callbacks.checkpoint: the name is taken by a built-in callback"):
         fit(compose_cfg, tmp_path, [*TINY, "+callbacks.checkpoint={_target_: tests.test_callbacks.CountEpochs}"])
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("+callbacks.x=nope", "callbacks.x=nope must name what to build with _target_"),
+    ("+callbacks.x={patience: 2}", "callbacks.x={'patience': 2} must name what to build with _target_"),
+])
+def test_a_callback_entry_that_names_nothing_to_build_is_refused(compose_cfg, tmp_path, entry, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(compose_cfg([*TINY, entry]), RunContext(run_dir=tmp_path))
+
+
+def test_an_object_with_no_hook_is_refused_as_a_callback(compose_cfg, tmp_path):
+    with pytest.raises(RunnerError, match="callbacks.x: collections.OrderedDict has none of the hooks"):
+        train(compose_cfg([*TINY, "+callbacks.x={_target_: collections.OrderedDict}"]), RunContext(run_dir=tmp_path))
 
 
 def test_epoch_checkpoints_keep_every_nth_epoch(compose_cfg, tmp_path):
