@@ -66,6 +66,17 @@ def visible_gpus(gpus: str) -> list[str]:
     return list(itertools.takewhile(lambda gpu: not gpu.startswith("-"), ids))
 
 
+def check_preload(modules: list[str]) -> None:
+    """Each module's package must be installed: a typo would otherwise stop every worker as it starts.
+    (Only the top-level package is looked up here, so that this process need not import torch.)"""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(str(name).partition(".")[0]) is None]
+    if missing:
+        raise ConfigError(f"hydra.launcher.preload names {', '.join(map(repr, missing))}, which this Python cannot "
+                          f"import ({sys.executable}); list modules each worker imports once, such as torch")
+
+
 @dataclass
 class Slot:
     """A share of the machine: its index, cores and GPU (None: no GPU)."""
@@ -153,6 +164,7 @@ class WorkerPool(TrialPool):
     def start(self, size: int) -> None:
         self.size = max(1, min(size, self.capacity))
         if self.boot_file is None:
+            check_preload(list(self.settings.preload or []))
             self._write_boot_file()
         while len(self.workers) < self.size:
             self._start_worker(self.slots[len(self.workers)])
@@ -285,8 +297,9 @@ class WorkerPool(TrialPool):
             # it never got ready: starting another would fail the same way
             self.close()
             tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-            raise ConfigError(f"a worker of the parallel launcher could not start (exit status {code}); "
-                              f"the end of {log_path}:\n" + "\n".join(tail))
+            raise ConfigError(f"a worker of the parallel launcher could not start (exit status {code}) while it "
+                              f"loaded the sweep and imported hydra.launcher.preload={list(self.settings.preload or [])};"
+                              f" the end of {log_path}:\n" + "\n".join(tail))
         if worker.trial is not None:
             number, overrides = worker.trial
             if stopped is not None:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from launchers.detach import hydra_quote, resolve_sweep_dir
 from launchers.pools import ThreadedPool, pool_for
-from launchers.workers import make_slots
+from launchers.workers import check_preload, make_slots
 from runner.errors import ConfigError
 from runner.results import read_result
 from tests.conftest import CONF, TINY
@@ -99,6 +99,12 @@ def test_more_cores_per_trial_than_the_machine_has_are_refused(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     with pytest.raises(ConfigError, match=r"cpus_per_task=3 is more than the 2 core\(s\) this process may use"):
         make_slots(3, "")
+
+
+def test_a_preload_module_that_is_not_installed_is_refused_before_any_worker_starts():
+    check_preload(["torch", "json.decoder"])
+    with pytest.raises(ConfigError, match="hydra.launcher.preload names 'no_such_module_anywhere'"):
+        check_preload(["torch", "no_such_module_anywhere"])
 
 
 @pytest.mark.parametrize("gpus", ["garbage", "0,gpu1", "1;rm"])

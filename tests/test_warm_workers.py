@@ -149,10 +149,12 @@ def test_a_crashed_worker_is_replaced_and_its_trial_recorded_failed(tmp_path):
 
 @pytest.mark.e2e
 def test_a_worker_that_cannot_start_stops_the_sweep_with_its_log(tmp_path):
+    # its package exists, so the sweep's own check passes; the worker's import fails
     sweep_dir, done = sweep(tmp_path, "nostart", *PROBE, *one_slot(), "trainer.max_epochs=1",
-                            "hydra.launcher.preload=[no_such_module_anywhere]", "model.pollute=false,true")
+                            "hydra.launcher.preload=[json.no_such_module_anywhere]", "model.pollute=false,true")
     assert done.returncode != 0
-    assert "could not start" in done.stderr and "no_such_module_anywhere" in done.stderr
+    assert "could not start" in done.stderr and "hydra.launcher.preload=['json.no_such_module_anywhere']" in done.stderr
+    assert "No module named 'json.no_such_module_anywhere'" in done.stderr
     assert "Traceback" not in done.stderr.split("could not start")[0]
     assert not list(sweep_dir.glob("0_*"))
 
