@@ -163,8 +163,11 @@ def main(argv: list[str]) -> int:
     # a trial sees the same sys.argv in every worker, whatever the socket and the boot file
     del sys.argv[1:]
     signal.signal(signal.SIGTERM, termination)
-    # Ctrl-C reaches the workers too (one process group): between trials there is nothing to save
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl-C reaches the workers too (one process group): between trials there is nothing to save.
+    # A sweep started with SIGINT ignored (in the background of a script) keeps it ignored here too,
+    # or a Ctrl-C meant for the script would stop the trials and not the sweep.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         die_with_parent()
         return run(conn, boot_file)

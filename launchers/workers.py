@@ -342,6 +342,9 @@ class WorkerPool(TrialPool):
         return ret
 
     def interrupt(self) -> None:
+        # trials still queued never start; the sweep hears of them as it hears of every other
+        self.finished += [Finished(number, overrides, lost="not started: the sweep is stopping")
+                          for number, overrides in self.queue]
         self.queue.clear()
         for worker in self.workers:
             if worker.trial is not None and worker.process.poll() is None:

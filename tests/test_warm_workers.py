@@ -189,3 +189,22 @@ def test_a_trial_past_its_time_limit_saves_a_checkpoint_and_is_recorded_failed(t
     assert 1 <= stopped["epochs"] < 500 and (trial(sweep_dir, 0) / "checkpoints" / "last.pt").exists()
     assert after["status"] == "completed"
 
+
+
+def test_trials_still_queued_when_the_sweep_stops_come_back_as_not_started():
+    """A stop (fail_fast, the failure rate) while a trial waits for a worker being replaced: the pool
+    answers for that trial too, or the sweep would wait forever for a trial that never runs."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.runner_plugins.config import ParallelLauncherConf
+    from launchers.workers import WorkerPool
+
+    settings = OmegaConf.merge(OmegaConf.structured(ParallelLauncherConf), {"gpus": ""})
+    pool = WorkerPool(settings, None, None, OmegaConf.create({"hydra": {"sweep": {"dir": "/nonexistent"}}}))
+    # as submit() leaves them while their worker is being replaced
+    pool.queue += [(4, ["optimizer.lr=0.1"]), (5, ["optimizer.lr=0.01"])]
+    pool.interrupt()
+    finished = pool.wait(0)
+    assert [(f.number, f.lost) for f in finished] == [(4, "not started: the sweep is stopping"),
+                                                      (5, "not started: the sweep is stopping")]
+    assert pool.wait(0) == []
