@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="arguments of `python -m runner --multirun`, after `--`")
     options = parser.parse_args(argv)
     args = options.runner_args[1:] if options.runner_args[:1] == ["--"] else options.runner_args
-    if "--multirun" in args or "-m" in args:
-        args = [a for a in args if a not in ("--multirun", "-m")]
+    args = [a for a in args if a not in ("--multirun", "-m")]
     if not any(a.startswith(("hydra/launcher=", "override hydra/launcher=")) for a in args):
         args = ["hydra/launcher=slurm", *args]
 

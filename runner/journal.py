@@ -9,11 +9,17 @@ reads it to show the trials asked but not started yet.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
+from typing import IO
+
+from runner.errors import ConfigError
 
 JOURNAL = Path(".sweeper") / "journal.jsonl"
+# held by the sweeper writing the journal, as long as its sweep runs
+WRITER_LOCK = Path(".sweeper") / "writer.lock"
 
 
 class Journal:
@@ -21,6 +27,25 @@ class Journal:
 
     def __init__(self, sweep_dir: Path):
         self.path = sweep_dir / JOURNAL
+
+    def hold(self) -> IO:
+        """Become the journal's only writer, or refuse: two sweepers in one folder would ask the same
+        numbers twice and train the same trial folders at once. Closing the file lets go."""
+        lock_path = self.path.parent.parent / WRITER_LOCK
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        f = lock_path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"another sweep runs in {self.path.parent.parent} ({holder}): wait for it to end or stop "
+                              f"it before running this sweep there again, or choose another hydra.sweep.dir") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+        return f
 
     def read(self) -> list[dict]:
         if not self.path.exists():

@@ -22,7 +22,6 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +30,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.errors import ConfigError, RunnerError
 from runner.journal import Journal
-from runner.results import read_result, write_json_atomic
+from runner.results import now, read_result, write_json_atomic
 from runner.search import Point, each_value_once, make_search
 
 log = logging.getLogger(__name__)
 
 # how long the sweeper waits for a trial to end before it looks again (it wakes at once when one ends)
 POLL_S = 1.0
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -106,10 +101,13 @@ class StreamingSweeper:
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        self.writer_lock = None
         try:
             return self._sweep(list(arguments))
         finally:
             self.pool.close()
+            if self.writer_lock is not None:
+                self.writer_lock.close()
 
     def _sweep(self, arguments: list[str]) -> list[JobReturn]:
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -119,6 +117,7 @@ class StreamingSweeper:
         self.in_flight = self.limit or self.search.budget
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self.journal = Journal(self.sweep_dir)
+        self.writer_lock = self.journal.hold()
         history = self.journal.read()
         self._check_same_space(history)
         self.journal.append({"event": "start", **self.search.describe(), "budget": self.search.budget,

@@ -398,3 +398,19 @@ def test_an_integer_interval_asks_integers_on_the_scale_it_names(compose_cfg):
     values = [int(search.ask().overrides[0].split("=")[1]) for _ in range(4)]
     assert all(16 <= v <= 256 for v in values) and len(set(values)) > 1
 
+
+
+@pytest.mark.e2e
+def test_a_second_sweep_into_a_running_sweeps_folder_is_refused(run_cli, tmp_path):
+    sweep_dir = tmp_path / "busy"
+    running = Journal(sweep_dir).hold()  # as the sweeper of a sweep that runs there holds it
+    try:
+        done = run_cli("--multirun", "optimizer.lr=0.1,0.01", *QUICK, f"hydra.sweep.dir={sweep_dir}")
+    finally:
+        running.close()
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"another sweep runs in {sweep_dir} (pid {os.getpid()}" in done.stderr
+    assert not trials(sweep_dir) and Journal(sweep_dir).read() == []
+    # once it has ended, the folder is free
+    done = run_cli("--multirun", "optimizer.lr=0.1,0.01", *QUICK, f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr

@@ -25,8 +25,8 @@ class GridSweeperConf:
 
 @dataclass
 class AskTellSweeperConf:
-    """Nevergrad's ask/tell, one trial at a time: the moment a trial ends its result is told and
-    the next point asked, with at most optim.num_workers trials in flight."""
+    """Nevergrad's ask/tell, trial by trial: the moment a trial ends its result is told and the next
+    point asked, with at most optim.num_workers trials in flight."""
 
     _target_: str = "hydra_plugins.runner_plugins.sweepers.AskTellSweeper"
     # the same fields as Hydra's Nevergrad sweeper: optimizer, budget, num_workers, noisy,
