@@ -2,8 +2,9 @@
 
 One JSON object per line, appended and synced before the ask or tell takes effect:
 `start` (each time the sweep starts: what it searches, its budget, where trials run), `ask`
-(number, overrides, the optimizer's value), `job` (number, the cluster's job id), `tell`
-(number, status, loss). runner.sweeper replays it to resume a sweep; `runner.report --watch`
+(number, overrides, the optimizer's value), `validated` (the first trial's config, and each
+option of each swept group, composed: trials may start), `job` (number, the cluster's job id),
+`tell` (number, status, loss). runner.sweeper replays it to resume a sweep; `runner.report --watch`
 reads it to show the trials asked but not started yet.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import IO
 
@@ -57,6 +59,12 @@ class Journal:
             except json.JSONDecodeError:
                 continue  # the last line of a sweep killed while writing it
         return events
+
+    def set_aside(self) -> Path:
+        """Move the journal out of the way (kept, never deleted); the next append starts a new one."""
+        kept = self.path.with_name(f"journal.set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl")
+        self.path.rename(kept)
+        return kept
 
     def append(self, event: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,7 @@ class StreamingSweeper:
         self.journal = Journal(self.sweep_dir)
         self.writer_lock = self.journal.hold()
         history = self.journal.read()
-        self._check_same_space(history)
+        history = self._check_same_space(history)
         self.journal.append({"event": "start", **self.search.describe(), "budget": self.search.budget,
                              "launcher": self.pool.describe(), "time": now()})
 
@@ -168,10 +168,16 @@ class StreamingSweeper:
     def _nothing_left(self) -> bool:
         return not self.relaunch and self.asked >= self.search.budget
 
-    def _check_same_space(self, history: list[dict]) -> None:
+    def _check_same_space(self, history: list[dict]) -> list[dict]:
+        """The history to resume from: refused if it searched another space, empty if none of its
+        trials ever started (its first config did not compose: nothing to resume)."""
         starts = [e for e in history if e["event"] == "start"]
         if not starts:
-            return
+            return history
+        if not any(e["event"] in ("validated", "job", "tell") for e in history):
+            log.info("no trial of the sweep in %s ever started: it starts afresh (its journal is kept as %s)",
+                     self.sweep_dir, self.journal.set_aside().name)
+            return []
         before, now_space = starts[0], self.search.describe()
         if (before["kind"], before["space"]) != (now_space["kind"], now_space["space"]):
             raise ConfigError(
@@ -249,6 +255,7 @@ class StreamingSweeper:
         for overrides in each_value_once(first, groups):
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         self.validated = True
+        self.journal.append({"event": "validated", "time": now()})
 
     # ------------------------------------------------------------------ results
     def _finish(self, finished) -> None:

@@ -414,3 +414,13 @@ def test_a_second_sweep_into_a_running_sweeps_folder_is_refused(run_cli, tmp_pat
     # once it has ended, the folder is free
     done = run_cli("--multirun", "optimizer.lr=0.1,0.01", *QUICK, f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.e2e
+def test_a_sweep_whose_first_config_did_not_compose_does_not_hold_its_folder(run_cli, tmp_path):
+    sweep_dir = tmp_path / "typo"
+    done = run_cli("--multirun", "model=mlp,nope", *QUICK, f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode != 0 and "nope" in done.stderr
+    done = run_cli("--multirun", "model=mlp,lenet", *QUICK, f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    assert len(trials(sweep_dir)) == 2 and len(list((sweep_dir / ".sweeper").glob("journal.set-aside-*.jsonl"))) == 1
