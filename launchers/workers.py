@@ -355,8 +355,10 @@ class WorkerPool(TrialPool):
         self.closing = True
         self.queue.clear()
         self.interrupt()
+        # one grace period for all: the busy workers got SIGTERM together and save their trials side by side
+        deadline = time.monotonic() + (STOP_GRACE_S if any(w.trial is not None for w in self.workers) else 10.0)
         for worker in list(self.workers):
-            self._end(worker, timeout=STOP_GRACE_S if worker.trial is not None else 10.0)
+            self._end(worker, timeout=max(0.0, deadline - time.monotonic()))
         self.workers.clear()
         if self.boot_file is not None:
             self.boot_file.unlink(missing_ok=True)
