@@ -184,6 +184,7 @@ class StreamingSweeper:
                 f"hydra.sweep.dir={self.sweep_dir} holds a {before['kind']} sweep over {before['space']}, not a "
                 f"{now_space['kind']} sweep over {now_space['space']}: run it with the same search space and "
                 f"arguments to resume it, or choose another hydra.sweep.dir")
+        return history
 
     # ------------------------------------------------------------------ ask, launch
     def _replay(self, history: list[dict]) -> None:
