@@ -123,8 +123,8 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
         problems.append(f"optimizer.lr={lr!r} must be a number > 0")
 
-    if not isinstance(cfg.get("fail_fast", False), bool):
-        problems.append(f"fail_fast={cfg.fail_fast!r} must be true or false")
+    if problem := fail_fast_problem(cfg):
+        problems.append(problem)
 
     for group in ("dataset", "model", "task"):
         if not isinstance(cfg.get(group), DictConfig) or "_target_" not in cfg[group]:
@@ -152,6 +152,12 @@ def validate(cfg: DictConfig) -> None:
 
     if problems:
         raise ConfigError(_bullets(problems))
+
+
+def fail_fast_problem(cfg: DictConfig) -> str | None:
+    """A run checks it with the rest of its config; a sweep before its first trial (runner.hydra_callbacks)."""
+    value = cfg.get("fail_fast", False)
+    return None if isinstance(value, bool) else f"fail_fast={value!r} must be true or false"
 
 
 def _check_trainer(trainer: DictConfig, problems: list[str]) -> None:

@@ -45,8 +45,10 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         require_writable(sweep_dir, "hydra.sweep.dir")
-        if not isinstance(config.get("fail_fast", False), bool):
-            stop(f"fail_fast={config.fail_fast!r} must be true or false")
+        from runner.config import fail_fast_problem
+
+        if problem := fail_fast_problem(config):
+            stop(problem)
         # a rerun of a sweep that stopped on fail_fast starts afresh
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)
         # the runner's own sweepers check their settings themselves, once their workers are starting

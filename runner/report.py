@@ -623,9 +623,9 @@ def format_in_flight(sweep: Sweep, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     running = sorted((t for t in sweep.trials if t.status == "running"), key=_by_number)
     events = Journal(sweep.path).read()
-    started = {t.number for t in sweep.trials}
+    with_folder = {t.number for t in sweep.trials}
     told = {e["number"] for e in events if e["event"] == "tell"}
-    queued = [e for e in events if e["event"] == "ask" and e["number"] not in started and e["number"] not in told]
+    queued = [e for e in events if e["event"] == "ask" and e["number"] not in with_folder and e["number"] not in told]
     lines = [f"In flight: {len(running) + len(queued)}"]
     for trial in running:
         if trial.started_at is None:
