@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import IO
 
 from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 JOURNAL = Path(".sweeper") / "journal.jsonl"
 # held by the sweeper writing the journal, as long as its sweep runs
@@ -44,6 +47,11 @@ class Journal:
             f.close()
             raise ConfigError(f"another sweep runs in {self.path.parent.parent} ({holder}): wait for it to end or stop "
                               f"it before running this sweep there again, or choose another hydra.sweep.dir") from None
+        except OSError as error:
+            # a filesystem without flock (Lustre mounted without -o flock): the sweep runs unguarded, as
+            # before. Not a lock file that outlives its holder: a sweep killed with it held could never resume.
+            log.warning("cannot lock %s (%s): nothing stops a second sweep from running in this folder at once",
+                        lock_path, error)
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
         f.flush()

@@ -424,3 +424,16 @@ def test_a_sweep_whose_first_config_did_not_compose_does_not_hold_its_folder(run
     done = run_cli("--multirun", "model=mlp,lenet", *QUICK, f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode == 0, done.stderr
     assert len(trials(sweep_dir)) == 2 and len(list((sweep_dir / ".sweeper").glob("journal.set-aside-*.jsonl"))) == 1
+
+
+def test_a_folder_without_flock_runs_the_sweep_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_flock(*args):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    held = Journal(tmp_path).hold()
+    held.close()
+    assert "nothing stops a second sweep from running in this folder at once" in caplog.text
