@@ -231,7 +231,12 @@ class Classification(Task):
 
 
 class ClassificationMedia(MediaCollector):
-    """Sample images captioned with prediction and truth, and the confusion matrix of the validation set."""
+    """Sample images captioned with prediction and truth, and the confusion matrix of the validation set.
+
+    Media are drawn by one process: in a data-parallel run, rank 0 from its share of the batches. The
+    matrix is therefore computed locally (`sync_on_compute=False`): a torchmetrics sync is a collective
+    that the other ranks would never join, and the run would hang in it.
+    """
 
     MAX_CLASSES_DRAWN = 50
 
@@ -239,7 +244,7 @@ class ClassificationMedia(MediaCollector):
         from torchmetrics.classification import MulticlassConfusionMatrix
 
         self.samples = SampleImages(num_samples, _class_captions)
-        self.confusion = (MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.confusion = (MulticlassConfusionMatrix(num_classes, validate_args=False, sync_on_compute=False)
                           if num_classes <= self.MAX_CLASSES_DRAWN else None)
 
     def add(self, inputs, output, target) -> None:
@@ -250,11 +255,15 @@ class ClassificationMedia(MediaCollector):
     def render(self, class_names) -> list:
         media = self.samples.render(class_names)
         if self.confusion is not None and self.confusion.update_called:
+            from matplotlib.figure import Figure as MatplotlibFigure
+
+            # a Figure of its own, not pyplot's: drawing leaves the process's backend and figures alone
+            side = max(4.0, 0.45 * self.confusion.num_classes + 2)
+            figure = MatplotlibFigure(figsize=(side, side), layout="constrained")
             with warnings.catch_warnings():
                 # torchmetrics hands matplotlib tensors, which numpy 2 converts with a deprecation warning
                 warnings.simplefilter("ignore", DeprecationWarning)
-                figure, _ = self.confusion.plot(labels=class_names or None)
-            figure.set_size_inches(*(max(4.0, 0.45 * self.confusion.num_classes + 2),) * 2)
+                self.confusion.plot(ax=figure.subplots(), labels=class_names or None)
             media.append(Figure("val/confusion_matrix", figure))
         return media
 

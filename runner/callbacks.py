@@ -311,21 +311,20 @@ class Media(Callback):
         if split != "val" or not self._due(fit, epoch, self.predictions_every):
             return
         if self.collecting_epoch != epoch:
-            self.collector = self._safely("media", lambda: fit.task.media(self.num_samples))
+            self.collector = self._safely(fit, "media", lambda: fit.task.media(self.num_samples))
             self.collecting_epoch = epoch
         if self.collector is not None:
-            self._safely("media", lambda: self.collector.add(inputs, output, target))
+            self._safely(fit, "media", lambda: self.collector.add(inputs, output, target))
 
     def on_epoch_end(self, fit, metrics):
         epoch, step = fit.progress.epoch, fit.progress.step
         if self._due(fit, epoch, self.histograms_every):
-            self._safely("histograms", lambda: self._log_histograms(fit))
+            self._safely(fit, "histograms", lambda: self._log_histograms(fit))
         if self.collector is not None and self.collecting_epoch == epoch:
-            items = self._safely("media", lambda: self.collector.render(getattr(fit.data, "class_names", None)))
+            items = self._safely(fit, "media", lambda: self.collector.render(getattr(fit.data, "class_names", None)))
             for item in items or []:
                 for logger in self.loggers.loggers:
-                    self._safely(f"media {item.tag}", lambda: item.log_to(logger, step))
-                _close_figure(getattr(item, "figure", None))
+                    self._safely(fit, f"media {item.tag}", lambda: item.log_to(logger, step))
         self.collector = None
         return None
 
@@ -338,21 +337,16 @@ class Media(Callback):
         for logger in self.loggers.loggers:
             logger.log_histograms(tensors, fit.progress.step)
 
-    def _safely(self, kind: str, draw):
+    def _safely(self, fit, kind: str, draw):
         try:
             return draw()
         except Exception as error:  # media are a view on the run, never a reason to lose it
+            if fit.ranks.collective_broke(error):
+                raise  # ... but a failed collective has broken the ranks' connections: the run is lost
             if kind not in self.warned:
                 self.warned.add(kind)
                 log.warning("could not log %s (%s: %s); the run goes on without it", kind, type(error).__name__, error)
             return None
-
-
-def _close_figure(figure) -> None:
-    if figure is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
 
 
 # ---------------------------------------------------------------- the record

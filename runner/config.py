@@ -65,7 +65,7 @@ class TrainerConfig:
     strategy: str = "single"
     devices: str = "auto"
     num_nodes: int = 1
-    collective_timeout_s: float = 600.0
+    collective_timeout_s: float = 120.0
 
 
 @dataclass

@@ -21,19 +21,26 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+# how long a rank that has timed out waits for the rendezvous store to say where the others are
+STAGE_READ_TIMEOUT_S = 5
 
 
 @dataclass
 class Ranks:
     """The processes a run trains on, and the few collectives the loop needs. `Ranks()` is a run of one
-    process without torch.distributed: every collective is then the identity."""
+    process without torch.distributed: every collective is then the identity.
+
+    Each rank says what it is doing (`enter`) in the rendezvous store, so that a collective that fails
+    can name where every rank was (`explain`): a collective that one rank enters alone otherwise just
+    waits, and the message of the wait names only the rank that gave up."""
 
     rank: int = 0
     world: int = 1
@@ -42,10 +49,60 @@ class Ranks:
     ddp: bool = False  # the model is wrapped in DistributedDataParallel (also with one rank)
     control: Any = None  # a gloo group for the decisions (CPU tensors: no GPU synchronisation)
     spawned: bool = False  # started by the run's own process (which hands signals on), not a SLURM task
+    store: Any = None  # the rendezvous store (torch.distributed.TCPStore) the ranks met at
+    timeout_s: float | None = None  # trainer.collective_timeout_s
+    stage: str | None = field(default=None, repr=False)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def enter(self, stage: str) -> None:
+        """Say what this rank is doing now (a stage of the loop, a callback's hook), for `explain`."""
+        if self.store is None or self.world == 1 or stage == self.stage:
+            return
+        self.stage = stage
+        self.store.set(f"runner/stage/{self.rank}", f"{time.time():.3f} {stage}")
+
+    def collective_broke(self, error: BaseException) -> bool:
+        """Whether `error` is, or was raised from, a collective that failed: it gave up waiting for the
+        other ranks, or lost them (the one that gave up, or failed, has closed its connection)."""
+        return self.world > 1 and any(_broken_collective(e) is not None for e in _chain(error))
+
+    def explain(self, error: BaseException) -> BaseException:
+        """A failed collective as a CollectiveFailed that names each rank's stage; any other error as is."""
+        from runner.errors import CollectiveFailed
+
+        kind = next((k for k in map(_broken_collective, _chain(error)) if k is not None), None) \
+            if self.world > 1 else None
+        if kind is None:
+            return error
+        what = (f"waited trainer.collective_timeout_s={self.timeout_s:g} s for the other ranks in a collective"
+                if kind == "timeout" else
+                "lost the other ranks in a collective (one gave up waiting, or failed: see its runner.rank<N>.log)")
+        where = "; ".join(f"rank {rank} {stage}" for rank, stage in self._stages().items())
+        failed = CollectiveFailed(
+            f"rank {self.rank} {what}: {where}. A collective that one rank enters alone (in a callback, a logger "
+            f"or the task's media, which run on rank 0 only) is never joined; if every rank was in the same "
+            f"stage, one is only slower: raise trainer.collective_timeout_s (docs/distributed.md)")
+        failed.__cause__ = error  # the log and result.json keep the collective's own traceback
+        return failed
+
+    def _stages(self) -> dict[int, str]:
+        """Every rank's last stage and for how long it has been in it, as the store has them."""
+        stages = {}
+        try:
+            self.store.set_timeout(timedelta(seconds=STAGE_READ_TIMEOUT_S))
+            for rank in range(self.world):
+                key = f"runner/stage/{rank}"
+                if not self.store.check([key]):
+                    stages[rank] = "had said nothing yet"
+                    continue
+                since, stage = self.store.get(key).decode().split(" ", 1)
+                stages[rank] = f"was in {stage} (for {time.time() - float(since):.0f} s)"
+        except Exception as error:  # the store lives in rank 0's process: it may be gone
+            stages[self.rank] = f"was in {self.stage} (the others' stages could not be read: {error})"
+        return stages
 
     def any(self, flag: bool) -> bool:
         """Whether any rank's flag is set (every rank gets the same answer)."""
@@ -107,9 +164,38 @@ class Ranks:
 
         if not dist.is_initialized():
             return
-        if finished:
-            self.barrier()
-        dist.destroy_process_group()
+        try:
+            if finished:
+                self.enter("the end of the run (waiting for every rank to finish)")
+                try:
+                    self.barrier()
+                except Exception as error:
+                    raise self.explain(error) from error
+        finally:
+            dist.destroy_process_group()
+
+
+def _chain(error: BaseException):
+    """The error and the ones it was raised from (a callback's failure wraps the collective's)."""
+    while error is not None:
+        yield error
+        error = error.__cause__
+
+
+def _broken_collective(error: BaseException) -> str | None:
+    """"timeout" when a collective gave up waiting, "lost" when its peers closed their connection, else
+    None. gloo raises RuntimeErrors, NCCL DistBackendErrors; only their messages tell these apart."""
+    import torch.distributed as dist
+
+    if not isinstance(error, (RuntimeError, dist.DistError)):
+        return None
+    message = str(error).lower()
+    if "timed out" in message or ("timeout" in message and isinstance(error, dist.DistError)):
+        return "timeout"
+    if any(marker in message for marker in ("connection closed by peer", "connection reset by peer",
+                                             "broken pipe")):
+        return "lost"
+    return None
 
 
 def world_size(trainer) -> int:
@@ -146,11 +232,14 @@ def join(trainer, rank: int, world: int, local_rank: int, local_world: int, addr
                               f"set trainer.devices to at most the GPUs per node")
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=trainer.collective_timeout_s))
+    timeout = timedelta(seconds=trainer.collective_timeout_s)
+    # the store of the rendezvous, made here so that the ranks can also say where they are (Ranks.enter)
+    store = dist.TCPStore(address, port, world, is_master=rank == 0, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     control = dist.new_group(backend="gloo") if backend != "gloo" else None
     log.info("rank %d of %d joined (%s, %s:%d)", rank, world, backend, address, port)
-    return Ranks(rank, world, local_rank, local_world, ddp=True, control=control)
+    return Ranks(rank, world, local_rank, local_world, ddp=True, control=control, store=store,
+                 timeout_s=trainer.collective_timeout_s)
 
 
 def from_slurm(trainer) -> Ranks:

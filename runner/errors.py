@@ -21,3 +21,7 @@ class CheckpointError(RunnerError):
 
 class TrialFailed(RunnerError):
     """Training itself went wrong (a NaN loss, say); the run is recorded as failed."""
+
+
+class CollectiveFailed(TrialFailed):
+    """A collective of a data-parallel run timed out or lost its peers; the message says where each rank was."""

@@ -202,6 +202,7 @@ class Fit:
         self.callbacks = callbacks
         # the processes of the run (runner.distributed); rank 0 runs every callback and writes the files
         self.ranks = ranks or Ranks()
+        self.ranks.enter("building the run (model, data, DistributedDataParallel)")
         self.device = resolve_device(trainer.device, self.ranks.local_rank if self.ranks.ddp else None)
         seed_everything(trainer.seed, trainer.deterministic)
         if self.device.type == "cpu":
@@ -356,11 +357,15 @@ class Fit:
         method = getattr(callback, hook, None)
         if method is None:
             return None
+        stage = self.ranks.stage
+        self.ranks.enter(f"callback {name} ({hook})")
         try:
-            return method(self, *args)
-        except Exception as error:
+            decision = method(self, *args)
+        except Exception as error:  # the stage stays the callback's, for the message of a failed collective
             detail = error if isinstance(error, RunnerError) else f"{type(error).__name__}: {error}"
             raise CallbackFailed(f"callback {name} failed in {hook}: {detail}") from error
+        self.ranks.enter(stage)
+        return decision
 
     def _call_quietly(self, hook: str, *args) -> None:
         """For hooks that run while the run is already failing: their own errors are logged, not raised."""
@@ -418,11 +423,13 @@ class Fit:
                 self.scheduler.step(row[self.scheduler_monitor])
         if self.scheduler is not None and self.scheduler_interval == "epoch" and not self.scheduler_monitor:
             self.scheduler.step()
+        self.ranks.enter(f"gathering every rank's state after epoch {row['epoch']}")
         self.gather_rank_states()
         for name, callback in self.callbacks.items():
             decision = self._call_one(name, callback, "on_epoch_end", row)
             if self.stop is None and decision:
                 self.stop = decision if isinstance(decision, Stop) else Stop(str(decision))
+        self.ranks.enter(f"the stop decision after epoch {row['epoch']} (rank 0 decides)")
         self.stop = self.ranks.broadcast(self.stop)  # rank 0 decides for every rank
 
     def _lr(self) -> float:
@@ -430,6 +437,7 @@ class Fit:
 
     def _train_epoch(self, epoch: int, interruption: Interruption) -> dict[str, float]:
         trainer, progress, task = self.trainer, self.progress, self.task
+        self.ranks.enter(f"training epoch {epoch}")
         generator = epoch_generator(trainer.seed, epoch)
         order = torch.randperm(len(self.train_data), generator=generator)
         skip = progress.batch_in_epoch
@@ -526,6 +534,8 @@ class Fit:
 
     def evaluate(self, source, split: str) -> dict[str, float]:
         """The loss and every metric of the task over a split, `<split>/<name>`; the model in eval mode."""
+        self.ranks.enter(f"evaluating the {split} split after epoch {self.progress.epoch}")
+
         def on_batch(inputs, output, target):
             for name, callback in self.eval_batch_hooks:
                 self._call_one(name, callback, "on_eval_batch", split, inputs, output, target)

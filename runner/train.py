@@ -167,7 +167,8 @@ def train_rank(cfg: DictConfig, context: RunContext, ranks: Ranks) -> float:
     try:
         _stop_if_sweep_failed(context, cfg)
         value = _fit(cfg, trainer, context, record, resuming, ranks)
-    except Exception as error:
+    except Exception as raised:
+        error = ranks.explain(raised)  # a collective that timed out: where each rank was
         # the whole traceback goes to runner.log (the console shows the message alone)
         log.error("%s failed: %s", f"trial {context.trial}" if context.trial else "the run", error, exc_info=error)
         if record is not None and record.written:
@@ -175,6 +176,8 @@ def train_rank(cfg: DictConfig, context: RunContext, ranks: Ranks) -> float:
         if context.sweep_dir is None or cfg.fail_fast:
             if ranks.is_main:
                 context.mark_failed(error)
+            if error is not raised:
+                raise error from raised
             if isinstance(error, RunnerError):
                 raise
             log_file = run_dir / ("runner.log" if ranks.is_main else f"runner.rank{ranks.rank}.log")
@@ -186,12 +189,13 @@ def train_rank(cfg: DictConfig, context: RunContext, ranks: Ranks) -> float:
 def _train_on_spawned_ranks(cfg: DictConfig, context: RunContext, trainer, world: int) -> float:
     """Start the run's ranks on this machine, wait for them; a rank's failure is the run's."""
     from runner import distributed
+    from runner.logs import error_with_traceback
 
     started = now()
     try:
         distributed.spawn(OmegaConf.to_yaml(cfg), dataclasses.asdict(context), trainer, world)
     except distributed.RankFailed as error:
-        log.error("rank %d failed:\n%s", error.rank, error.traceback_text)
+        error_with_traceback(log, str(error), error.traceback_text)
         result = read_result(context.run_dir)
         if result is not None and result.get("started_at", "") >= started:  # this attempt's record
             result.update(status="failed", reason=str(error), traceback=error.traceback_text, finished_at=now())

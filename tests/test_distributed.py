@@ -16,6 +16,7 @@ import pytest
 from runner.results import read_metrics, read_result
 from runner.train import RunContext, train
 from tests.conftest import REPO
+from tests.test_tasks import tensorboard_tags
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +49,68 @@ def test_two_processes_give_one_processs_metrics(run_cli, tmp_path):
         read_result(tmp_path / "one")["test_metrics"]["test/acc"])
     # rank 0 alone writes the run's files; rank 1 keeps only its own log
     assert run_dir_files(tmp_path / "ddp") - run_dir_files(tmp_path / "one") == {"runner.rank1.log"}
+
+
+# a collective that one rank enters alone fails within this, instead of trainer.collective_timeout_s
+QUICK_TIMEOUT = "trainer.collective_timeout_s=30"
+
+
+def test_the_default_run_on_two_processes_logs_its_media_and_tests_its_best_checkpoint(run_cli, tmp_path):
+    # the defaults as a user runs them (mnist_5k, LeNet, TensorBoard, media at the last epoch); the
+    # confusion matrix once synchronised on rank 0 alone, which hung until the collective's timeout
+    run = tmp_path / "run"
+    done = run_cli(*DDP2, "trainer.max_epochs=1", "trainer.limit_train_batches=10", QUICK_TIMEOUT,
+                   f"hydra.run.dir={run}", timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = read_result(run)
+    assert result["status"] == "completed" and result["test_epoch"] == 1 and "test/acc" in result["test_metrics"]
+    assert {"val/predictions", "val/confusion_matrix"} <= set(tensorboard_tags(run)["images"])
+    assert "could not log" not in (run / "runner.log").read_text()
+
+
+def test_every_builtin_callback_and_logger_on_two_processes(run_cli, tmp_path):
+    # a one-trial sweep, for the pruner; every logger, histograms and media every epoch, each stopping rule
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", *DDP2, "pruner=asha", "logger=[tensorboard,csv,console,mlflow,wandb]",
+                   "callbacks=epoch_checkpoints", "callbacks.epoch_checkpoints.every_n_epochs=1",
+                   "scheduler=plateau", "trainer.max_epochs=2", "trainer.limit_train_batches=10",
+                   "trainer.histograms_every_n_epochs=1", "trainer.predictions_every_n_epochs=1",
+                   "trainer.early_stopping.patience=5", "trainer.stop.objective_threshold=0.999",
+                   "trainer.stop.time_budget_s=600", QUICK_TIMEOUT, f"hydra.sweep.dir={sweep}",
+                   env={"WANDB_MODE": "offline"}, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (trial,) = [path.parent for path in sweep.glob("*/result.json")]
+    result = read_result(trial)
+    assert result["status"] == "completed" and result["epochs"] == 2 and result["test_metrics"]
+    assert {"val/predictions", "val/confusion_matrix"} <= set(tensorboard_tags(trial)["images"])
+    assert any(tag.startswith("weights/") for tag in tensorboard_tags(trial)["histograms"])
+    assert (trial / "checkpoints" / "epoch_0002.pt").is_file() and (trial / "pruning.jsonl").is_file()
+    assert (trial / "mlflow_run.json").is_file() and (trial / "wandb_run.json").is_file()
+    assert "could not log" not in (trial / "runner.log").read_text()
+
+
+def test_a_collective_on_rank_0_alone_fails_naming_where_each_rank_was(run_cli, tmp_path):
+    (tmp_path / "lonely.py").write_text(textwrap.dedent("""
+        import torch
+        import torch.distributed as dist
+
+
+        class AllReduceOnRank0:
+            def on_epoch_end(self, fit, metrics):
+                dist.all_reduce(torch.ones(1))  # rank 0 alone runs callbacks: nobody joins
+    """))
+    run = tmp_path / "run"
+    started = time.monotonic()
+    done = run_cli(*COMMON, *DDP2, "trainer.max_epochs=1", "+callbacks.lonely._target_=lonely.AllReduceOnRank0",
+                   "trainer.collective_timeout_s=10", f"hydra.run.dir={run}", env={"PYTHONPATH": str(tmp_path)},
+                   timeout=240)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert "rank 0 was in callback lonely (on_epoch_end)" in done.stderr
+    assert "rank 1 was in the stop decision after epoch 1" in done.stderr
+    assert "trainer.collective_timeout_s=10" in done.stderr
+    result = read_result(run)
+    assert result["status"] == "failed" and "callback lonely (on_epoch_end)" in result["reason"]
+    assert time.monotonic() - started < 120
 
 
 def test_an_uneven_last_batch_trains_as_one_process_would(run_cli, tmp_path, compose_cfg):
