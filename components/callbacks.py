@@ -1,4 +1,4 @@
-"""Training callbacks that configs can add under `callbacks` (runner.callbacks documents the hooks).
+"""Training callbacks that configs can add under `callbacks` (runner.run.callbacks documents the hooks).
 
 They are plain classes: the runner calls the hooks a callback has, with the running fit.
 """

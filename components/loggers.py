@@ -7,7 +7,7 @@ checkpoint) is dropped, as TensorBoard's `purge_step` does. A logger may also as
 naming them in its constructor (the runner passes only what a constructor names):
 
     sweep_dir   the sweep folder when the run is a trial of a multirun, else None
-    hparams     the flattened config plus the group choices (runner.callbacks.flat_hparams): the
+    hparams     the flattened config plus the group choices (runner.run.callbacks.flat_hparams): the
                 keys of TensorBoard's HParams, MLflow's params and W&B's config
     choices     each config group's choice, {"model": "lenet", ...} (empty when composed without
                 Hydra's app)

@@ -102,7 +102,7 @@ def resolve_sweep_dir(args: list[str]) -> Path:
     from hydra.core.utils import setup_globals
     from hydra.types import RunMode
 
-    from runner.__main__ import CONF_DIR
+    from runner.paths import CONF_DIR
 
     options = get_args_parser().parse_args(args)
     search_path = create_automatic_config_search_path(None, None, str(options.config_path or CONF_DIR))

@@ -1,7 +1,7 @@
 """Trial pools: run one trial at a time on a launcher and report each one the moment it ends.
 
 Hydra's Launcher interface runs a batch and returns when all of it has ended. A streaming sweeper
-(runner.sweeper) needs the opposite: submit one trial, be told as soon as any trial ends, submit
+(runner.sweep.sweeper) needs the opposite: submit one trial, be told as soon as any trial ends, submit
 the next. A pool is that interface over each launcher:
 
 - InProcessPool: Hydra's basic launcher (`hydra/launcher=local`): in this process, one at a time;

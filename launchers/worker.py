@@ -9,7 +9,7 @@ back, and puts the captured state back (launchers.process_state) so the next tri
 a fresh process. The trial's stdout and stderr go to .workers/<number>.out in the sweep folder.
 
 It exits when the pool says stop, when the pool's end of the socket closes, on SIGTERM (a running
-trial saves its checkpoint first, see runner.interrupt) and when the sweep's process dies.
+trial saves its checkpoint first, see runner.run.interrupt) and when the sweep's process dies.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Stop(BaseException):
 
 class _Termination:
     """What SIGTERM does to a worker. Waiting for a trial, it stops at once. In a trial's training
-    loop the trial saves its checkpoint first and then hands the signal over (runner.interrupt,
+    loop the trial saves its checkpoint first and then hands the signal over (runner.run.interrupt,
     calling this with no frame): the worker stops there. Anywhere else (loading torch, building a
     model) an exception raised from a signal handler could cross C++ code and abort the process:
     the request is kept, and the worker stops once the trial ends."""

@@ -4,12 +4,10 @@ Importing this package registers the OmegaConf resolvers that the configs in con
 It must stay free of torch so that `--help`, `--cfg job` and config errors are instant.
 """
 
-from pathlib import Path
-
+from runner.paths import CONF_DIR
 from runner.resolvers import register_resolvers
 
-# the runner's own config folder (absolute: the `runner` console script works from any folder)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+__all__ = ["CONF_DIR", "load_run"]
 
 register_resolvers()
 

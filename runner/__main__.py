@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from runner import CONF_DIR
-from runner.train import train
+from runner.paths import CONF_DIR
+from runner.run.train import train
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

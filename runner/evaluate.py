@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import DEVICE_PATTERN
+from runner.config.checks import DEVICE_PATTERN
 from runner.errors import CheckpointError, ConfigError, RunnerError
 from runner.results import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, now, write_json_atomic
 
@@ -51,7 +51,7 @@ class LoadedRun:
         """The model's output for raw inputs (a batch), without gradients."""
         import torch
 
-        from runner.data import to_device
+        from runner.run.data import to_device
 
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         with torch.inference_mode():
@@ -103,9 +103,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
     import torch
     from hydra.utils import get_object
 
-    from runner import checkpoint as checkpoints
-    from runner.build import build, build_task
-    from runner.data import Preprocess
+    from runner.run import checkpoint as checkpoints
+    from runner.run.build import build, build_task
+    from runner.run.data import Preprocess
 
     path = checkpoint_path(Path(run_dir), checkpoint)
     state = checkpoints.load(path, remedy="Evaluate another one: --checkpoint best, last or a checkpoint's path.")
@@ -131,10 +131,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
 def evaluate_run(run_dir: Path, checkpoint: str = "best", split: str = "test", overrides: list[str] = (),
                  device: str = "auto") -> dict[str, Any]:
     """Evaluate a checkpoint of the run on a split of the (possibly overridden) dataset; the record written."""
-    from runner.build import build
-    from runner.config import typed_trainer
-    from runner.data import make_source
-    from runner.fit import AUTOCAST_DTYPES, evaluate, resolve_device
+    from runner.run.build import build
+    from runner.config.checks import typed_trainer
+    from runner.run.data import make_source
+    from runner.run.fit import AUTOCAST_DTYPES, evaluate, resolve_device
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r} is not allowed; use one of: {', '.join(SPLITS)}")

@@ -47,7 +47,7 @@ def signal_at_step(monkeypatch):
     `disarm()`; the run saves a checkpoint at that step and ends (SystemExit)."""
     import signal
 
-    from runner import fit as fit_module
+    from runner.run import fit as fit_module
 
     original = fit_module.Fit._step
 

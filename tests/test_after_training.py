@@ -18,7 +18,7 @@ import yaml
 from runner.errors import CheckpointError
 from runner.evaluate import evaluate_run
 from runner.results import read_result
-from runner.train import RunContext, train
+from runner.run.train import RunContext, train
 from tests.conftest import REPO, TINY
 
 # best epoch 1, last epoch 3: the objective is the learning rate, which the step scheduler halves

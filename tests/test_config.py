@@ -112,9 +112,9 @@ def test_every_option_builds_its_targets_and_fits_its_model(compose_cfg, data_di
     """Every _target_ imports and takes the keys it is given; model, task, loss and metrics fit a real
     batch of the data (datasets that download are stood in for by synthetic images of their declared shape)."""
     from components.datasets import synthetic
-    from runner.build import build, build_task, probe
+    from runner.run.build import build, build_task, probe
     from runner.config import typed_trainer
-    from runner.data import make_source
+    from runner.run.data import make_source
 
     cfg = compose_cfg([f"{group}={option}", *companions(group, option), f"paths.data_dir={data_dir}"])
     task = build_task(cfg)
@@ -128,7 +128,7 @@ def test_every_option_builds_its_targets_and_fits_its_model(compose_cfg, data_di
 
 @pytest.mark.parametrize("logger", options("logger"))
 def test_every_logger_option_trains(compose_cfg, tmp_path, logger):
-    from runner.train import RunContext, train
+    from runner.run.train import RunContext, train
 
     # trackers keep their stores under paths.output_dir (MLflow's SQLite file): not in the repository's outputs/
     cfg = compose_cfg(["dataset=synthetic", "trainer=debug", f"logger={logger}", f"paths.output_dir={tmp_path}"])

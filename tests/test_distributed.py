@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.results import read_metrics, read_result
-from runner.train import RunContext, train
+from runner.run.train import RunContext, train
 from tests.conftest import REPO
 from tests.test_tasks import tensorboard_tags
 

@@ -24,9 +24,10 @@ import pytest
 import yaml
 
 from runner.errors import ConfigError
-from runner.journal import Journal
-from runner.pbt import (GLOBAL_LOG, POLICY_FILE, Population, Space, checkpoint_name, explore, parse_space,
-                        quantile_count, read_policy, read_records, schedule)
+from runner.sweep.journal import Journal
+from runner.config.pbt import Space, explore, parse_space
+from runner.sweep.pbt import (GLOBAL_LOG, POLICY_FILE, Population, checkpoint_name, quantile_count, read_policy,
+                              read_records, schedule)
 from runner.results import read_metrics, read_result, write_bytes_atomic
 from tests.conftest import REPO
 from tests.slurm_cluster import job_name, slurm_cluster  # noqa: F401  (fixtures)
@@ -41,7 +42,7 @@ IDENTITY = ["pbt.perturbation_factors=[1.0]", "pbt.resample_probability=0"]
 
 
 def train_trial(compose_cfg, sweep_dir: Path, name: str, overrides: list[str]) -> float:
-    from runner.train import RunContext, train
+    from runner.run.train import RunContext, train
 
     return train(compose_cfg(overrides), RunContext(run_dir=sweep_dir / name, sweep_dir=sweep_dir))
 
@@ -189,11 +190,11 @@ def test_a_sweep_mutating_the_model_is_refused_before_any_trial(run_cli, tmp_pat
 
 
 def test_new_values_reach_the_live_optimizer_data_path_and_loss(compose_cfg, tmp_path):
-    from runner.callbacks import build_callbacks, ResultRecord
+    from runner.run.callbacks import build_callbacks, ResultRecord
     from runner.config import typed_trainer
-    from runner.fit import Fit
-    from runner.pbt import apply_values, current_values
-    from runner.train import RunContext
+    from runner.run.fit import Fit
+    from runner.sweep.pbt import apply_values, current_values
+    from runner.run.train import RunContext
 
     cfg = compose_cfg([*BASE, "scheduler=step", "scheduler.fn.step_size=1", "scheduler.fn.gamma=0.5",
                        "trainer.max_epochs=3"])
@@ -377,7 +378,7 @@ def test_a_trial_resumed_before_its_recorded_decision_applies_it_again(compose_c
     result = read_result(bad)
     (bad / "result.json").write_text(json.dumps({**result, "status": "running"}))
 
-    caplog.set_level(logging.INFO, logger="runner.pbt")
+    caplog.set_level(logging.INFO, logger="runner.sweep.pbt")
     train_trial(compose_cfg, tmp_path, "1_bad", [*overrides, "optimizer.lr=1e-6"])
     assert "PBT epoch 2: decided before (exploit), applying that decision" in caplog.text
     assert (tmp_path / GLOBAL_LOG).read_text() == shared
@@ -438,7 +439,7 @@ def stitched_lineage(sweep_dir: Path, policy: list[dict]) -> list[dict]:
 
 
 def test_a_replay_trains_exactly_the_schedule(compose_cfg, pbt_sweep, tmp_path):
-    from runner.train import RunContext, train
+    from runner.run.train import RunContext, train
 
     best = max((p for p in pbt_sweep.iterdir() if (p / POLICY_FILE).exists()),
                key=lambda p: len(read_policy(p)))  # the longest lineage
@@ -455,7 +456,7 @@ def test_a_replay_trains_exactly_the_schedule(compose_cfg, pbt_sweep, tmp_path):
 
 
 def test_a_replay_with_another_experiment_is_refused_by_key(compose_cfg, pbt_sweep):
-    from runner.pbt import Replay
+    from runner.sweep.pbt import Replay
 
     trial = next(p for p in pbt_sweep.iterdir() if (p / POLICY_FILE).exists())
     cfg = compose_cfg(["dataset=synthetic", "model=lenet", "optimizer=sgd", "trainer.max_epochs=4", "pbt=replay"])
@@ -491,7 +492,7 @@ def test_a_donor_checkpoint_being_written_is_never_read(tmp_path):
     file is whole and renamed into place, no record names it, so no other trial can copy it."""
     import torch
 
-    from runner import checkpoint as checkpoints
+    from runner.run import checkpoint as checkpoints
 
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "runner", "-m", *BASE, "model.hidden_sizes=[1024,1024]", "trainer.max_epochs=5",

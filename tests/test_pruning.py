@@ -16,7 +16,7 @@ import pytest
 from hydra.utils import instantiate
 
 from runner.errors import ConfigError
-from runner.pruning import (ASHA, SHARED_FILE, TRIAL_LOG, Hyperband, Median, SharedLog,
+from runner.sweep.pruning import (ASHA, SHARED_FILE, TRIAL_LOG, Hyperband, Median, SharedLog,
                             bracket_of)
 
 # The fake objective: trial i has quality QUALITIES[i]; higher quality is better at every epoch.
@@ -177,7 +177,7 @@ def test_hyperband_brackets_start_at_grace_period_times_factor_to_the_s(tmp_path
 def test_hyperband_bracket_is_stable_across_processes_and_spread(tmp_path):
     names = [f"{i}_optimizer.lr={10.0 ** -i}" for i in range(30)]
     here = [bracket_of(name, 3) for name in names]
-    script = ("import sys, json; from runner.pruning import bracket_of; "
+    script = ("import sys, json; from runner.sweep.pruning import bracket_of; "
               "print(json.dumps([bracket_of(n, 3) for n in json.loads(sys.argv[1])]))")
     for seed in ("1", "2"):  # Python's own hash() differs between these two
         env = {**os.environ, "PYTHONHASHSEED": seed}

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from runner.hydra_callbacks import SweepReport
-from runner.journal import Journal
+from runner.report.hydra_callback import SweepReport
+from runner.sweep.journal import Journal
 from runner.report import format_in_flight, load_sweep, report
 from runner.results import read_result, write_json_atomic, write_metrics
 

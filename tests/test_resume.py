@@ -15,7 +15,7 @@ import torch
 
 from runner.errors import ConfigError, RunnerError
 from runner.results import read_metrics, read_result
-from runner.train import RunContext, train
+from runner.run.train import RunContext, train
 from tests.conftest import REPO, TINY
 
 

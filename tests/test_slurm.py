@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from runner.journal import Journal
+from runner.sweep.journal import Journal
 from runner.results import read_metrics, read_result
 from tests.conftest import REPO, TINY
 from tests.test_sweeps import LONG_SECOND, asks_beside_a_running_trial

@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 from launchers.pools import Finished, TrialPool
 from runner.results import read_result
 from runner.errors import ConfigError
-from runner.search import NevergradSearch, make_search
-from runner.journal import Journal
-from runner.sweeper import StreamingSweeper
+from runner.sweep.search import NevergradSearch, make_search
+from runner.sweep.journal import Journal
+from runner.sweep.sweeper import StreamingSweeper
 from tests.conftest import REPO
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runner import fit as fit_module
-from runner.callbacks import flat_hparams
+from runner.run import fit as fit_module
+from runner.run.callbacks import flat_hparams
 from runner.errors import RunnerError, TrialFailed
 from runner.results import read_metrics, read_result
-from runner.train import RunContext, train
+from runner.run.train import RunContext, train
 from tests.conftest import REPO
 
 # four steps per epoch, a logged step each

@@ -11,7 +11,7 @@ import torch
 
 from runner.errors import CheckpointError, TrialFailed
 from runner.results import read_metrics, read_result
-from runner.train import RunContext, train
+from runner.run.train import RunContext, train
 from tests.conftest import TINY
 
 LOSSES = ["cross_entropy", "nll", "mse", "l1", "smooth_l1", "bce_with_logits", "kl_div", "multi_margin"]
@@ -34,7 +34,7 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
     """The model's weights as the run starts from them: the same seed, the same construction."""
     from hydra.utils import instantiate
 
-    from runner.fit import seed_everything
+    from runner.run.fit import seed_everything
 
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     return instantiate(cfg.model).state_dict()

@@ -1,4 +1,4 @@
-"""The runner's sweepers as Hydra plugins: thin shells around runner.sweeper.StreamingSweeper."""
+"""The runner's sweepers as Hydra plugins: thin shells around runner.sweep.sweeper.StreamingSweeper."""
 
 from abc import abstractmethod
 from typing import Any, List
@@ -16,7 +16,7 @@ class _Streaming(Sweeper):
 
     def __init__(self, **settings: Any) -> None:
         # imported here: Hydra imports this module at every start, even for --help
-        from runner.sweeper import StreamingSweeper
+        from runner.sweep.sweeper import StreamingSweeper
 
         self.impl = StreamingSweeper(kind=self.kind, **settings)
 

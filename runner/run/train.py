@@ -17,12 +17,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import CONF_DIR
+from runner.paths import CONF_DIR
 from runner import config as config_checks
-from runner.callbacks import ResultRecord, build_callbacks, rank_callbacks, worst_value
-from runner.distributed import Ranks
-from runner.interrupt import RunInterrupted
-from runner.resume import check_read_back
+from runner.run.callbacks import ResultRecord, build_callbacks, rank_callbacks, worst_value
+from runner.run.distributed import Ranks
+from runner.run.interrupt import RunInterrupted
+from runner.config.resume import check_read_back
 from runner.errors import ConfigError, RunnerError, TrialFailed
 from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LAST_CHECKPOINT, RESULT_FILE, now,
                             read_result, write_json_atomic, write_text_atomic)
@@ -104,7 +104,7 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
 
     In a multirun a trial that fails is recorded as failed and returns the worst value for the
     goal, so the sweep goes on; with `fail_fast=true` it raises and the sweep stops. With
-    trainer.strategy=ddp the run trains on several ranks (runner.distributed): this process starts
+    trainer.strategy=ddp the run trains on several ranks (runner.run.distributed): this process starts
     them, or is one of them as a task of a SLURM job.
     """
     context = context or RunContext.from_hydra()
@@ -116,7 +116,7 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> float:
         log.info("%s already %s: reading its result back (trainer.resume=never starts over)",
                  context.run_dir, previous["status"])
         return _returned_value(previous, cfg.objective.goal)
-    from runner import distributed
+    from runner.run import distributed
 
     if trainer.strategy != "ddp":
         if distributed.slurm_tasks() > 1:
@@ -157,7 +157,7 @@ def train_rank(cfg: DictConfig, context: RunContext, ranks: Ranks) -> float:
         _move_aside(run_dir)
     ranks.barrier()  # the others start once the earlier results are out of the way
 
-    # a resume changes nothing on disk until it has succeeded (runner.resume checks it first); a
+    # a resume changes nothing on disk until it has succeeded (runner.config.resume checks it first); a
     # fresh run is recorded from its start, so that a failure to build it is recorded too
     resuming = trainer.resume == "auto" and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).exists()
     record = ResultRecord(cfg, context) if ranks.is_main else None
@@ -188,12 +188,12 @@ def train_rank(cfg: DictConfig, context: RunContext, ranks: Ranks) -> float:
 
 def _train_on_spawned_ranks(cfg: DictConfig, context: RunContext, trainer, world: int) -> float:
     """Start the run's ranks on this machine, wait for them; a rank's failure is the run's."""
-    from runner import distributed
+    from runner.run import distributed
     from runner.logs import error_with_traceback
 
     started = now()
     try:
-        distributed.spawn(OmegaConf.to_yaml(cfg), dataclasses.asdict(context), trainer, world)
+        distributed.spawn(_spawned_rank, OmegaConf.to_yaml(cfg), dataclasses.asdict(context), trainer, world)
     except distributed.RankFailed as error:
         error_with_traceback(log, str(error), error.traceback_text)
         result = read_result(context.run_dir)
@@ -205,6 +205,11 @@ def _train_on_spawned_ranks(cfg: DictConfig, context: RunContext, trainer, world
             raise TrialFailed(str(error)) from None
         return worst_value(cfg.objective.goal)
     return _returned_value(read_result(context.run_dir) or {}, cfg.objective.goal)
+
+
+def _spawned_rank(cfg: DictConfig, context: dict, ranks: Ranks) -> None:
+    """What a rank that `distributed.spawn` started runs: the run as that rank sees it."""
+    train_rank(cfg, RunContext(**context), ranks)
 
 
 def save_run_config(cfg: DictConfig, context: RunContext) -> None:
@@ -242,6 +247,25 @@ def _returned_value(result: dict, goal: str) -> float:
     return worst_value(goal) if value is None else float(value)
 
 
+def _population(cfg: DictConfig, context: RunContext):
+    """The callback `cfg.pbt` names (PBT across a sweep's trials, or a replay of one trial's schedule),
+    or None: no `pbt`, or one that acts across a sweep (`needs_sweep`) in a single run, which has no
+    population (the pruner acts in a multirun only, likewise)."""
+    from hydra.utils import get_class
+
+    node = cfg.get("pbt")
+    if not node or "_target_" not in node:
+        return None
+    kind = get_class(node._target_)
+    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+    if not getattr(kind, "needs_sweep", False):
+        return kind(cfg=cfg, **settings)
+    if context.sweep_dir is None:
+        log.warning("%s acts across a sweep's trials (--multirun); this single run trains without it", kind.__name__)
+        return None
+    return kind(cfg=cfg, sweep_dir=context.sweep_dir, trial=context.trial, **settings)
+
+
 def _move_aside(run_dir: Path) -> None:
     present = [run_dir / name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
     if not present:
@@ -258,14 +282,14 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord | N
     # torch and everything built on it load only now: config errors above stay instant
     from hydra.utils import instantiate
 
-    from runner import checkpoint, pbt
-    from runner.fit import Fit
-    from runner.resume import check_resume
+    from runner.config.resume import check_resume
+    from runner.run import checkpoint
+    from runner.run.fit import Fit
 
     last = context.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     saved = None
     composed = cfg
-    population = pbt.build(cfg, context)
+    population = _population(cfg, context)
     if resuming:
         saved = checkpoint.load(last)
         if population is not None:

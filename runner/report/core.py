@@ -27,8 +27,9 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
+from runner.paths import CONF_DIR
 from runner.errors import RunnerError
-from runner.journal import Journal
+from runner.sweep.journal import Journal
 from runner.resolvers import GOALS
 from runner.results import read_metrics, read_result, write_bytes_atomic, write_text_atomic
 
@@ -668,7 +669,7 @@ def _shorten(text: str, width: int) -> str:
 # ---------------------------------------------------------------- trackers
 
 # the logger options; those whose class has `log_sweep` can take a sweep's summary
-LOGGER_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "logger"
+LOGGER_CONFIGS = CONF_DIR / "logger"
 
 
 def trackers() -> dict[str, str]:
@@ -731,8 +732,8 @@ def push_to_tracker(sweep: Sweep, target: str) -> str:
 
 
 def pbt_records(sweep: Sweep) -> list[dict]:
-    """The sweep's PBT records (runner.pbt's global log), [] for a sweep without PBT."""
-    from runner.pbt import read_records
+    """The sweep's PBT records (runner.sweep.pbt's global log), [] for a sweep without PBT."""
+    from runner.sweep.pbt import read_records
 
     return read_records(sweep.path)
 
@@ -740,7 +741,7 @@ def pbt_records(sweep: Sweep) -> list[dict]:
 def pbt_lineage(trial: Trial) -> dict | None:
     """A PBT trial's schedule and ancestry from its policy file, and the command that replays it;
     None for a trial without PBT."""
-    from runner.pbt import POLICY_FILE, read_policy, schedule
+    from runner.sweep.pbt import POLICY_FILE, read_policy, schedule
 
     path = trial.path / POLICY_FILE
     if not path.is_file():
@@ -910,6 +911,3 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

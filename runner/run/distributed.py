@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -273,17 +273,19 @@ def free_port() -> int:
 # ---------------------------------------------------------------- ranks started by the run itself
 
 
-def spawn(cfg_yaml: str, context: dict[str, Any], trainer, world: int) -> None:
-    """Start `world` ranks of the run on this machine and wait for them; forward signals to them, and
-    hand a signal on once they have stopped at it. Raises RankFailed when a rank fails."""
+def spawn(main: Callable[[Any, dict[str, Any], Ranks], None], cfg_yaml: str, context: dict[str, Any], trainer,
+          world: int) -> None:
+    """Start `world` ranks of the run on this machine, each running `main(cfg, context, ranks)` (a
+    module-level function: spawned processes import it), and wait for them; forward signals to them,
+    and hand a signal on once they have stopped at it. Raises RankFailed when a rank fails."""
     import torch.multiprocessing as mp
 
     from runner.errors import TrialFailed
-    from runner.interrupt import Interruption
+    from runner.run.interrupt import Interruption
 
     port = free_port()
     with Interruption() as interruption:
-        processes = mp.start_processes(_rank_main, args=(world, port, cfg_yaml, context), nprocs=world, join=False,
+        processes = mp.start_processes(_rank_main, args=(world, port, main, cfg_yaml, context), nprocs=world, join=False,
                                        start_method="spawn")
         forwarded = None
         try:
@@ -320,14 +322,13 @@ class RankFailed(Exception):
         super().__init__(f"rank {rank} failed: {self.message}")
 
 
-def _rank_main(rank: int, world: int, port: int, cfg_yaml: str, context: dict[str, Any]) -> None:
+def _rank_main(rank: int, world: int, port: int, main: Callable, cfg_yaml: str, context: dict[str, Any]) -> None:
     """A spawned rank: its own logs, its share of the CPU, the process group, then the run's training."""
     import torch
     from omegaconf import OmegaConf
 
-    import runner  # noqa: F401  (the resolvers the config uses)
-    from runner.config import typed_trainer
-    from runner.train import RunContext, RunInterrupted, train_rank
+    from runner.config.checks import typed_trainer
+    from runner.run.interrupt import RunInterrupted
 
     run_dir = Path(context["run_dir"])
     _log_to(run_dir / ("runner.log" if rank == 0 else f"runner.rank{rank}.log"), console=rank == 0)
@@ -340,7 +341,7 @@ def _rank_main(rank: int, world: int, port: int, cfg_yaml: str, context: dict[st
     ranks.spawned = True
     finished = False
     try:
-        train_rank(cfg, RunContext(**context), ranks)
+        main(cfg, context, ranks)
         finished = True
     except RunInterrupted:
         finished = True  # the checkpoint is written; the run's own process hands the signal on

@@ -10,6 +10,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
+from runner.config.pbt import config_problems as pbt_problems
+from runner.config.problems import bullets, leaves
 from runner.errors import ConfigError
 from runner.resolvers import GOALS
 
@@ -146,16 +148,14 @@ def validate(cfg: DictConfig) -> None:
             problems.append("scheduler.fn must name a scheduler with _target_ (see conf/scheduler/)")
         _choice(problems, "scheduler.interval", cfg.scheduler.get("interval"), SCHEDULER_INTERVALS)
 
-    from runner.pbt import config_problems as pbt_problems
-
     problems += pbt_problems(cfg)
 
     if problems:
-        raise ConfigError(_bullets(problems))
+        raise ConfigError(bullets(problems))
 
 
 def fail_fast_problem(cfg: DictConfig) -> str | None:
-    """A run checks it with the rest of its config; a sweep before its first trial (runner.hydra_callbacks)."""
+    """A run checks it with the rest of its config; a sweep before its first trial (runner.sweep.preflight)."""
     value = cfg.get("fail_fast", False)
     return None if isinstance(value, bool) else f"fail_fast={value!r} must be true or false"
 
@@ -208,21 +208,6 @@ def _raw_value(cfg: DictConfig, dotted_key: str) -> Any:
     return node
 
 
-def leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, value) of every leaf of a plain container: `optimizer.lr`, `optimizer.betas[0]`."""
-    if isinstance(node, dict):
-        return [leaf for key, value in node.items() for leaf in leaves(value, f"{prefix}.{key}" if prefix else str(key))]
-    if isinstance(node, list):
-        return [leaf for i, value in enumerate(node) for leaf in leaves(value, f"{prefix}[{i}]")]
-    return [(prefix, node)]
-
-
 def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         problems.append(f"{key}={value!r} is not allowed; use one of: {', '.join(allowed)}")
-
-
-def _bullets(problems: list[str]) -> str:
-    if len(problems) == 1:
-        return f"Invalid config: {problems[0]}"
-    return "Invalid config:\n" + "\n".join(f"  - {p}" for p in problems)

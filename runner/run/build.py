@@ -13,7 +13,7 @@ import yaml
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import CONF_DIR
+from runner.paths import CONF_DIR
 from runner.errors import ConfigError, DataError
 
 # config groups whose nodes the runner instantiates

@@ -1,7 +1,7 @@
 """The training loop: train and evaluate each epoch, step the optimizer and the scheduler, ask the callbacks.
 
 The loop knows no task: the task (components.tasks or a user's own) says what a batch means, runs the
-model, computes the loss and updates the metrics; callbacks (runner.callbacks) decide when to stop,
+model, computes the loss and updates the metrics; callbacks (runner.run.callbacks) decide when to stop,
 save and log. What the loop owns is the order of things and the state an exact resume needs.
 """
 
@@ -21,16 +21,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner import checkpoint
-from runner.build import build, build_scheduler, build_task, complete, probe, recorded_metrics
-from runner.callbacks import Callback, Stop
-from runner.config import TrainerConfig
-from runner.data import batches_per_epoch, epoch_generator, make_source
+from runner.run import checkpoint
+from runner.run.build import build, build_scheduler, build_task, complete, probe, recorded_metrics
+from runner.run.callbacks import Callback, Stop
+from runner.config.checks import TrainerConfig
+from runner.run.data import batches_per_epoch, epoch_generator, make_source
 from runner.errors import ConfigError, RunnerError, TrialFailed
-from runner.distributed import Ranks
-from runner.interrupt import Interruption, RunInterrupted
-from runner.objective import Objective
-from runner.progress import EpochProgress
+from runner.run.distributed import Ranks
+from runner.run.interrupt import Interruption, RunInterrupted
+from runner.run.objective import Objective
+from runner.run.progress import EpochProgress
 from runner.results import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class Fit:
         self.git_commit = git_commit  # stored in every checkpoint
         self.checkpoints = run_dir / CHECKPOINT_DIR
         self.callbacks = callbacks
-        # the processes of the run (runner.distributed); rank 0 runs every callback and writes the files
+        # the processes of the run (runner.run.distributed); rank 0 runs every callback and writes the files
         self.ranks = ranks or Ranks()
         self.ranks.enter("building the run (model, data, DistributedDataParallel)")
         self.device = resolve_device(trainer.device, self.ranks.local_rank if self.ranks.ddp else None)
@@ -258,8 +258,8 @@ class Fit:
 
     # ------------------------------------------------------------------ checkpoints
     def resume_from(self, state: dict[str, Any], path: Path) -> None:
-        """Continue from a checkpoint's state (runner.checkpoint.load; runner.resume checked its config)."""
-        from runner.resume import scheduler_changed
+        """Continue from a checkpoint's state (runner.run.checkpoint.load; runner.config.resume checked its config)."""
+        from runner.config.resume import scheduler_changed
 
         try:
             self._load_training_state(state, rebuild_scheduler=scheduler_changed(OmegaConf.create(state["config"]),
@@ -290,8 +290,8 @@ class Fit:
 
     def _load_training_state(self, state: dict[str, Any], rebuild_scheduler: bool) -> None:
         """The model's weights, the optimizer's, scheduler's and grad scaler's states; a scheduler built for
-        a new length continues at the saved one's step instead (runner.resume)."""
-        from runner.resume import continue_scheduler
+        a new length continues at the saved one's step instead (runner.config.resume)."""
+        from runner.run.resume import continue_scheduler
 
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -6,7 +6,7 @@ Nevergrad ask/tell sweeper of the `sweep=` presets). It runs trials through a po
 (launchers.pools) over whichever launcher `hydra/launcher` names, at most
 min(num_workers, what the launcher runs at once) at a time.
 
-Every ask and every tell is appended to SWEEP_DIR/.sweeper/journal.jsonl (runner.journal) before
+Every ask and every tell is appended to SWEEP_DIR/.sweeper/journal.jsonl (runner.sweep.journal) before
 it takes effect. Run again into the same sweep folder, the sweeper replays that journal: it asks
 and tells the optimizer what the journal says, in its order, so the optimizer is where it was;
 it launches every trial it had asked again, under its number and overrides (the trial function
@@ -29,9 +29,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.errors import ConfigError, RunnerError
-from runner.journal import Journal
+from runner.sweep.journal import Journal
 from runner.results import now, read_result, write_json_atomic
-from runner.search import Point, each_value_once, make_search
+from runner.sweep.search import Point, each_value_once, make_search
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Training callbacks: what happens around the loop's epochs, each in a small class with its own state.
 
-The loop (runner.fit.Fit) trains and evaluates; after every epoch it asks each callback in order,
+The loop (runner.run.fit.Fit) trains and evaluates; after every epoch it asks each callback in order,
 and the first one that returns a `Stop` (or a reason string) ends the run after that epoch. A
 callback overrides only the hooks it needs; each gets the running `Fit` (its `model`, `optimizer`,
 `task`, `progress`, `objective`, `run_dir`, `cfg`, `stop`, `evaluated`, ...):
@@ -129,7 +129,7 @@ class TimeBudget(Callback):
 
 
 class Pruning(Callback):
-    """Report the objective to the sweep's pruner (runner.pruning) after every evaluation; stop if it says so."""
+    """Report the objective to the sweep's pruner (runner.sweep.pruning) after every evaluation; stop if it says so."""
 
     def __init__(self, pruner):
         self.pruner = pruner
@@ -151,7 +151,7 @@ class TestStage(Callback):
     The test data never steers anything: no stopping rule, pruner or checkpoint sees it."""
 
     def on_fit_end(self, fit, outcome):
-        from runner import checkpoint
+        from runner.run import checkpoint
 
         path = fit.checkpoints / BEST_CHECKPOINT
         # every rank takes part in the evaluation: they go by what rank 0, which wrote best.pt, sees
@@ -204,7 +204,7 @@ class Loggers(Callback):
         return list(self.entries.values())
 
     def on_fit_start(self, fit):
-        from runner.build import build
+        from runner.run.build import build
 
         offered = {"sweep_dir": self.sweep_dir, "hparams": flat_hparams(self.cfg), "choices": group_choices()}
         for name, node in (self.cfg.logger or {}).items():
@@ -389,7 +389,7 @@ class ResultRecord(Callback):
             "finished_at": None,
             "pruned_at_epoch": None,
         }
-        self.written = False  # runner.train writes a fresh run's record at once, a resumed run's once it resumed
+        self.written = False  # runner.run.train writes a fresh run's record at once, a resumed run's once it resumed
 
     def write(self) -> None:
         self.result["duration_s"] = round(time.monotonic() - self.started, 3)
@@ -489,9 +489,9 @@ def group_choices() -> dict[str, str]:
 def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, sweep_dir,
                     pbt: Callback | None = None) -> dict[str, Any]:
     """The run's callbacks by name, in the order they are asked: stopping rules, the user's own,
-    pruning or PBT (runner.pbt; before the checkpoints, which then hold what an exploit copied),
+    pruning or PBT (runner.sweep.pbt; before the checkpoints, which then hold what an exploit copied),
     loggers and media, checkpoints, and the record last (it sees every decision)."""
-    from runner.build import build
+    from runner.run.build import build
 
     callbacks: dict[str, Any] = {}
     if trainer.stop.objective_threshold is not None:
@@ -509,7 +509,7 @@ def build_callbacks(cfg: DictConfig, trainer, record: ResultRecord, pruner, swee
         callback = build(node, f"callbacks.{name}")
         if not any(callable(getattr(callback, hook, None)) for hook in HOOKS):
             raise RunnerError(f"callbacks.{name}: {node._target_} has none of the hooks a callback is called by "
-                              f"({', '.join(HOOKS)}), so it would never run; see runner.callbacks.Callback")
+                              f"({', '.join(HOOKS)}), so it would never run; see runner.run.callbacks.Callback")
         callbacks[name] = callback
     if pruner is not None:
         callbacks["pruning"] = Pruning(pruner)

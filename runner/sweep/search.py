@@ -3,7 +3,7 @@
 Both read the search space as Hydra's sweepers do (`hydra.sweeper.params` first, then the
 command line, in Hydra's override syntax) and turn each point into the overrides of one trial,
 written exactly as Hydra's basic and Nevergrad sweepers write them, so trial folders keep their
-names. A search is driven by runner.sweeper.StreamingSweeper.
+names. A search is driven by runner.sweep.sweeper.StreamingSweeper.
 """
 
 from __future__ import annotations

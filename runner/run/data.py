@@ -132,7 +132,7 @@ class LoaderBatches:
 
 def shares(n: int, batch_size: int, skip: int = 0, ranks=None) -> Iterator[tuple[int, int]]:
     """[start, stop) of each batch of n items in order, from batch `skip` on; with several ranks
-    (runner.distributed.Ranks), this rank's share of each batch (a rank with no share skips it)."""
+    (runner.run.distributed.Ranks), this rank's share of each batch (a rank with no share skips it)."""
     for start in range(skip * batch_size, n, batch_size):
         size = min(batch_size, n - start)
         low, high = ranks.share(size) if ranks is not None and ranks.world > 1 else (0, size)

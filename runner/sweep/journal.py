@@ -4,7 +4,7 @@ One JSON object per line, appended and synced before the ask or tell takes effec
 `start` (each time the sweep starts: what it searches, its budget, where trials run), `ask`
 (number, overrides, the optimizer's value), `validated` (the first trial's config, and each
 option of each swept group, composed: trials may start), `job` (number, the cluster's job id),
-`tell` (number, status, loss). runner.sweeper replays it to resume a sweep; `runner.report --watch`
+`tell` (number, status, loss). runner.sweep.sweeper replays it to resume a sweep; `runner.report --watch`
 reads it to show the trials asked but not started yet.
 """
 

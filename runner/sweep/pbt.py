@@ -9,7 +9,7 @@ scheduler, step and random states) with that trial's hyperparameters ("exploit")
 ("explore") and trains on from there in its own folder.
 
 Trials share no memory, server or database. They meet in one append-only file,
-`SWEEP_DIR/pbt_global.jsonl`, read and extended under a file lock (runner.pruning.SharedLog): one
+`SWEEP_DIR/pbt_global.jsonl`, read and extended under a file lock (runner.sweep.pruning.SharedLog): one
 line per trial and perturbation point with its value, its hyperparameters, its checkpoint and the
 decision. A trial compares itself with the records of the *same epoch*: trials of one sweep may run
 all at once, two at a time or one after another (a local sweep), and a trial at epoch 2 is
@@ -28,7 +28,7 @@ Files:
 Decisions are final: a resumed trial that reaches a perturbation point it recorded before applies
 the recorded decision again (from the donor checkpoint it linked) instead of deciding anew.
 Only trials of one *population* are compared: trials whose configs are the same apart from the
-mutated keys and what a resume may change (runner.resume.MAY_CHANGE, trainer.max_epochs
+mutated keys and what a resume may change (runner.config.resume.MAY_CHANGE, trainer.max_epochs
 excepted), since only their weights fit each other.
 
 This module imports no torch at load time: the config checks run before torch is imported.
@@ -51,10 +51,11 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from runner.callbacks import Callback
-from runner.config import _bullets, leaves
+from runner.run.callbacks import Callback
+from runner.config.problems import bullets, leaves
+from runner.config.pbt import explore, parse_mutations, settings_problems
 from runner.errors import ConfigError, TrialFailed
-from runner.pruning import SharedLog, _finite_or_none, _read_jsonl
+from runner.sweep.pruning import SharedLog, _finite_or_none, _read_jsonl
 from runner.resolvers import GOALS
 from runner.results import BEST_CHECKPOINT, now, write_text_atomic
 
@@ -63,17 +64,6 @@ log = logging.getLogger(__name__)
 GLOBAL_LOG = "pbt_global.jsonl"
 POLICY_FILE = "pbt_policy.jsonl"
 CALLBACK_NAME = "pbt"
-
-# what PBT can change while a run trains: the optimizer's settings in its param groups, two trainer
-# keys the loop reads at every step or epoch, and the loss's settings (attributes of the criterion)
-TRAINER_KEYS = ("trainer.batch_size", "trainer.gradient_clip_val")
-MUTABLE_TEXT = ("optimizer.<setting> (lr, momentum, weight_decay, ... as the optimizer's param groups hold "
-                "them), trainer.batch_size, trainer.gradient_clip_val and loss.criterion.<setting>")
-# what a mutation of a key under these would change, so that a donor's weights would not fit or
-# would have been trained on something else
-REFUSED = {"model": "the model (its shape or layers)", "dataset": "the data",
-           "task": "the task (its outputs and metrics)"}
-SPACE_SYNTAX = "interval(a, b), tag(log, interval(a, b)) or choice(a, b, ...)"
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -84,256 +74,13 @@ def donor_name(epoch: int) -> str:
     return f"pbt_donor_epoch_{epoch:04d}.pt"
 
 
-# ---------------------------------------------------------------- the search space of a mutation
-
-
-@dataclass(frozen=True)
-class Space:
-    """Where one mutated key may go: an interval (uniform or log-uniform; integer when the key is an
-    int in the config) or an ordered list of choices."""
-
-    key: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    choices: tuple | None = None
-
-    def sample(self, rng: random.Random) -> Any:
-        if self.choices is not None:
-            return rng.choice(self.choices)
-        if self.log:
-            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        else:
-            value = rng.uniform(self.low, self.high)
-        return self.clip(value)
-
-    def clip(self, value: float) -> Any:
-        """Into [low, high]; integers rounded half away from zero, never truncated."""
-        if self.integer:
-            value = int(math.copysign(math.floor(abs(value) + 0.5), value))
-            return min(max(value, math.ceil(self.low)), math.floor(self.high))
-        return min(max(float(value), self.low), self.high)
-
-    def explore(self, value: Any, rng: random.Random, factors: tuple[float, ...], resample_probability: float) -> Any:
-        """A new value near `value`: resampled with `resample_probability` (or when `value` is not
-        in the space); else a choice moves to a neighbour in the listed order, and a number is
-        multiplied by one of `factors`, clipped to the bounds, and rounded if an integer: an integer
-        that rounding would leave where it was moves one step in the factor's direction, so that
-        small integers (a batch size of 2: 2 * 1.2 = 2.4) are not stuck."""
-        if self.choices is not None:
-            if value not in self.choices or rng.random() < resample_probability:
-                return rng.choice(self.choices)
-            index = self.choices.index(value)
-            neighbours = [i for i in (index - 1, index + 1) if 0 <= i < len(self.choices)]
-            return self.choices[rng.choice(neighbours)] if neighbours else value
-        if not _is_number(value) or rng.random() < resample_probability:
-            return self.sample(rng)
-        factor = rng.choice(factors)
-        moved = self.clip(value * factor)
-        if self.integer and moved == value and factor != 1:
-            moved = self.clip(value + (1 if factor > 1 else -1))
-        return moved
-
-
-def explore(values: dict[str, Any], spaces: dict[str, Space], rng: random.Random, factors: tuple[float, ...],
-            resample_probability: float) -> dict[str, Any]:
-    """Every mutated key explored from `values` (a donor's), in a fixed order so that the same
-    random state gives the same result."""
-    return {key: spaces[key].explore(values.get(key), rng, factors, resample_probability) for key in sorted(spaces)}
-
-
-def parse_space(key: str, spec: Any, current: Any) -> Space:
-    """A mutation's space from Hydra's override syntax (`tag(log, interval(1e-4, 1e-1))`,
-    `interval(0.5, 0.99)`, `choice(32, 64, 128)`, `32,64,128`, `range(1, 5)`) or a YAML list of
-    choices. An interval is of integers when the key's value in the config is an int."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-    from hydra.errors import HydraException
-
-    where = f"pbt.mutations.{key}={spec!r}"
-    if isinstance(spec, (list, tuple, ListConfig)):
-        choices = tuple(OmegaConf.to_container(spec) if isinstance(spec, ListConfig) else spec)
-        if not choices:
-            raise ConfigError(f"{where}: a choice needs at least one value")
-        return Space(key, choices=choices)
-    if not isinstance(spec, str):
-        raise ConfigError(f"{where}: a mutation's space is {SPACE_SYNTAX}, in Hydra's override syntax")
-    try:
-        override = OverridesParser.create().parse_override(f"{key}={spec}")
-    except HydraException as error:
-        raise ConfigError(f"{where} is not in Hydra's override syntax ({str(error).splitlines()[0]}); "
-                          f"use {SPACE_SYNTAX}") from None
-    value = override.value()
-    if isinstance(value, IntervalSweep):
-        low, high, log_scale = float(value.start), float(value.end), "log" in value.tags
-        if not low < high:
-            raise ConfigError(f"{where}: the lower bound must be below the upper bound")
-        if log_scale and low <= 0:
-            raise ConfigError(f"{where}: a log scale needs bounds > 0")
-        integer = isinstance(current, int) and not isinstance(current, bool)
-        if integer and math.ceil(low) > math.floor(high):
-            raise ConfigError(f"{where}: {key} is an integer and no integer lies in the interval")
-        return Space(key, low=low, high=high, log=log_scale, integer=integer)
-    if isinstance(value, (ChoiceSweep, RangeSweep)):
-        choices = tuple(override.sweep_iterator())
-        if not choices:
-            raise ConfigError(f"{where}: a choice needs at least one value")
-        return Space(key, choices=choices)
-    raise ConfigError(f"{where} is a fixed value, not a space to explore; use {SPACE_SYNTAX}")
-
-
-def flat_mutations(mutations: Any) -> dict[str, Any]:
-    """`{optimizer.lr: ...}` and `{optimizer: {lr: ...}}` (what `+pbt.mutations.optimizer.lr=...`
-    adds from the command line) alike: dotted config keys to their spaces."""
-    if mutations is None:
-        return {}
-    container = OmegaConf.to_container(mutations, resolve=True) if isinstance(mutations, DictConfig) else mutations
-    if not isinstance(container, dict):
-        raise ConfigError(f"pbt.mutations={container!r} must map config keys to their spaces, e.g. "
-                          f"{{optimizer.lr: 'tag(log, interval(1e-4, 1e-1))'}}")
-    flat: dict[str, Any] = {}
-
-    def walk(node: dict, prefix: str) -> None:
-        for name, spec in node.items():
-            key = f"{prefix}.{name}" if prefix else str(name)
-            if isinstance(spec, dict):
-                walk(spec, key)
-            else:
-                flat[key] = spec
-
-    walk(container, "")
-    return flat
-
-
-def key_problem(key: str, cfg: DictConfig | None) -> str | None:
-    """Why `key` cannot be a mutation, or None. With `cfg`, the key must also be a number or a
-    value (not a group of settings) in it."""
-    head = key.split(".", 1)[0]
-    if head in REFUSED:
-        return (f"pbt.mutations: {key} would change {REFUSED[head]}, so a donor's weights would not fit the "
-                f"trial or were trained for something else; PBT changes training hyperparameters while it "
-                f"copies weights between trials: {MUTABLE_TEXT}")
-    parts = key.split(".")
-    mutable = (
-        (parts[0] == "optimizer" and len(parts) == 2)
-        or key in TRAINER_KEYS
-        or (parts[:2] == ["loss", "criterion"] and len(parts) == 3)
-    ) and not parts[-1].startswith("_")
-    if not mutable:
-        return f"pbt.mutations: {key} cannot change while a run trains; PBT can change {MUTABLE_TEXT}"
-    if cfg is None:
-        return None
-    parent = OmegaConf.select(cfg, ".".join(parts[:-1]))
-    if not isinstance(parent, DictConfig) or parts[-1] not in parent:
-        settings = ", ".join(k for k in parent if not str(k).startswith("_")) if isinstance(parent, DictConfig) else ""
-        target = parent.get("_target_") if isinstance(parent, DictConfig) else None
-        return (f"pbt.mutations: {key} is not in the config" + (f" ({target} has: {settings})" if settings else ""))
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, (DictConfig, ListConfig)):
-        kind = "list" if isinstance(value, ListConfig) else "group"
-        return f"pbt.mutations: {key} is a {kind} of values; PBT changes one number or choice per key"
-    return None
-
-
-def parse_mutations(mutations: Any, cfg: DictConfig | None) -> dict[str, Space]:
-    """Every mutation checked and parsed; one ConfigError listing every mistake."""
-    spaces, problems = mutation_spaces(mutations, cfg)
-    if problems:
-        raise ConfigError(_bullets(problems))
-    return spaces
-
-
-def mutation_spaces(mutations: Any, cfg: DictConfig | None) -> tuple[dict[str, Space], list[str]]:
-    """The spaces of the mutations that can work, and what is wrong with the others."""
-    problems, spaces = [], {}
-    flat = flat_mutations(mutations)
-    if not flat:
-        problems.append(f"pbt.mutations is empty: name the keys PBT may change ({MUTABLE_TEXT}) and their "
-                        f"spaces, e.g. '+pbt.mutations.optimizer.lr=\"tag(log, interval(1e-4, 1e-1))\"'")
-    for key, spec in flat.items():
-        problem = key_problem(key, cfg)
-        if problem:
-            problems.append(problem)
-            continue
-        try:
-            spaces[key] = parse_space(key, spec, OmegaConf.select(cfg, key) if cfg is not None else None)
-        except ConfigError as error:
-            problems.append(str(error))
-    return spaces, problems
-
-
-def settings_problems(perturbation_interval: Any, burn_in: Any, quantile_fraction: Any, resample_probability: Any,
-                      perturbation_factors: Any) -> list[str]:
-    problems = []
-    if not _is_int(perturbation_interval) or perturbation_interval < 1:
-        problems.append(f"pbt.perturbation_interval={perturbation_interval!r} must be an int >= 1 (epochs)")
-    if not _is_int(burn_in) or burn_in < 0:
-        problems.append(f"pbt.burn_in={burn_in!r} must be an int >= 0 (epochs)")
-    if not _is_number(quantile_fraction) or not 0 < quantile_fraction <= 0.5:
-        problems.append(f"pbt.quantile_fraction={quantile_fraction!r} must be a number in (0, 0.5]: the bottom "
-                        f"fraction copies from the top fraction")
-    if not _is_number(resample_probability) or not 0 <= resample_probability <= 1:
-        problems.append(f"pbt.resample_probability={resample_probability!r} must be a number in [0, 1]")
-    factors = list(perturbation_factors) if isinstance(perturbation_factors, (list, tuple, ListConfig)) else None
-    if not factors or not all(_is_number(f) and f > 0 for f in factors):
-        problems.append(f"pbt.perturbation_factors={perturbation_factors!r} must be a list of numbers > 0, "
-                        f"e.g. [0.8, 1.2]")
-    return problems
-
-
-def config_problems(cfg: DictConfig, keys_exist: bool = True) -> list[str]:
-    """Every mistake in `cfg.pbt` and how it fits the rest of the config; no torch needed.
-
-    `keys_exist=False` skips checking that each mutated key is in the config: a sweep's base config
-    (the Preflight check) may hold another optimizer than its trials.
-    """
-    node = cfg.get("pbt")
-    if not node or "_target_" not in node:
-        return []
-    target = node._target_
-    if target == f"{__name__}.Replay":
-        if not node.get("policy"):
-            return ["pbt=replay needs pbt.policy=<a PBT trial's folder or its pbt_policy.jsonl>"]
-        return []
-    if target != f"{__name__}.PopulationBasedTraining":
-        return []
-    settings = {name: node.get(name) for name in ("perturbation_interval", "burn_in", "quantile_fraction",
-                                                  "resample_probability", "perturbation_factors")}
-    spaces, mutation_problems = mutation_spaces(node.get("mutations"), cfg if keys_exist else None)
-    problems = settings_problems(**settings) + mutation_problems
-    if cfg.get("pruner") and "_target_" in cfg.pruner:
-        problems.append("pbt and a pruner cannot be combined: PBT gives the bottom trials the weights of the top "
-                        "ones instead of stopping them; use pruner=none")
-    trainer = cfg.get("trainer") or {}
-    if trainer.get("strategy") == "ddp":
-        problems.append("pbt with trainer.strategy=ddp is not supported: an exploit loads a donor's weights into "
-                        "rank 0 alone; train PBT members with trainer.strategy=single")
-    every, interval = trainer.get("eval_every_n_epochs"), settings["perturbation_interval"]
-    if _is_int(every) and every >= 1 and _is_int(interval) and interval >= 1 and interval % every:
-        problems.append(f"pbt.perturbation_interval={interval} must be a multiple of trainer.eval_every_n_epochs="
-                        f"{every}: a trial compares its objective at every perturbation point")
-    epochs, burn_in = trainer.get("max_epochs"), settings["burn_in"]
-    if _is_int(interval) and interval >= 1 and _is_int(burn_in) and burn_in >= 0 and _is_int(epochs):
-        first = interval * max(1, -(-burn_in // interval))  # the first multiple of the interval from burn_in on
-        if first >= epochs:
-            problems.append(f"pbt.perturbation_interval={interval} with pbt.burn_in={burn_in} and trainer.max_epochs="
-                            f"{epochs}: the first perturbation point would be epoch {first}, not before the last "
-                            f"epoch, so PBT would never act; use a shorter interval or more epochs")
-    if "trainer.batch_size" in spaces and cfg.get("scheduler") and cfg.scheduler.get("interval") == "step":
-        problems.append("pbt.mutations: trainer.batch_size cannot change with a scheduler stepped every batch "
-                        "(scheduler.interval=step), whose length is counted in batches of the first size; "
-                        "use an epoch scheduler or mutate something else")
-    return problems
-
-
 # ---------------------------------------------------------------- the population and its records
 
 
 def population_config(cfg: DictConfig, keys: list[str]) -> dict[str, Any]:
     """The config's leaves (as written) that trials must share to copy weights from each other:
     all but the mutated keys, `pbt` itself and what a resume may change, except the run's length."""
-    from runner.resume import may_change
+    from runner.config.resume import may_change
 
     def shared(key: str) -> bool:
         if key == "pbt" or key.startswith(("pbt.", "pbt[")):
@@ -530,7 +277,7 @@ def check_live_keys(fit, keys: list[str]) -> None:
             problems.append(f"pbt.mutations: {key} is not an attribute of the loss "
                             f"{type(fit.task.criterion).__name__}, so it cannot change while the run trains")
     if problems:
-        raise ConfigError(_bullets(problems))
+        raise ConfigError(bullets(problems))
 
 
 def resumed_config(cfg: DictConfig, saved_yaml: str, keys: list[str]) -> DictConfig:
@@ -607,7 +354,7 @@ class PopulationBasedTraining(Callback):
         problems = settings_problems(perturbation_interval, burn_in, quantile_fraction, resample_probability,
                                      perturbation_factors)
         if problems:
-            raise ConfigError(_bullets(problems))
+            raise ConfigError(bullets(problems))
         self.spaces = parse_mutations(mutations, cfg)
         self.keys = sorted(self.spaces)
         self.interval, self.burn_in = perturbation_interval, burn_in
@@ -663,7 +410,7 @@ class PopulationBasedTraining(Callback):
         return None
 
     def _exploit(self, fit, record: dict[str, Any]) -> None:
-        from runner import checkpoint
+        from runner.run import checkpoint
 
         epoch = record["epoch"]
         if fit.is_best:
@@ -743,24 +490,6 @@ class Replay(Callback):
         log.info("PBT replay, epoch %d (exploit of %s from %s): now %s", entry["epoch"], entry["trial"],
                  entry["donor"], _values_text(self.values))
         return None
-
-
-def build(cfg: DictConfig, context) -> Callback | None:
-    """The run's PBT callback from `cfg.pbt`, or None: no `pbt`, or PBT in a single run, which
-    has no population (the pruner acts in a multirun only, likewise)."""
-    from hydra.utils import get_class
-
-    node = cfg.get("pbt")
-    if not node or "_target_" not in node:
-        return None
-    kind = get_class(node._target_)
-    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
-    if not getattr(kind, "needs_sweep", False):
-        return kind(cfg=cfg, **settings)
-    if context.sweep_dir is None:
-        log.warning("%s acts across a sweep's trials (--multirun); this single run trains without it", kind.__name__)
-        return None
-    return kind(cfg=cfg, sweep_dir=context.sweep_dir, trial=context.trial, **settings)
 
 
 # ---------------------------------------------------------------- small helpers

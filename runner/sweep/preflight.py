@@ -1,8 +1,7 @@
-"""Hydra callbacks: what happens around runs and sweeps, outside their jobs (training callbacks: runner.callbacks).
+"""The Hydra callback that checks every run and sweep before its first job (registered in
+conf/hydra/default.yaml): the output folder can be written, fail_fast, Nevergrad's and PBT's settings.
 
-Registered in conf/hydra/default.yaml under `hydra.callbacks`: every run and sweep is checked
-before its first job, and every multirun ends with its report, which is also sent to the trackers
-among its loggers (the sweep's MLflow run, say, ends with the ranking).
+Hydra's callbacks run outside the jobs; a problem stops the command with its message alone.
 """
 
 from __future__ import annotations
@@ -14,28 +13,11 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from runner.report import SweepReportError, format_table, push_to_tracker, report, takes_sweeps
 from runner.results import FAIL_FAST_MARKER
 
 log = logging.getLogger(__name__)
 
 RUNNER_SWEEPERS = "hydra_plugins.runner_plugins."
-
-
-class SweepReport(Callback):
-    """When a multirun ends, write the sweep report into its sweep folder, log the ranked table, and
-    send the summary to each logger that takes one (its class has `log_sweep`)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        # the sweep folder's `${now:...}` resolves from the cache it was created with: the same folder
-        sweep = report(config.hydra.sweep.dir)
-        log.info("Sweep report written to %s\n%s", sweep.path, format_table(sweep))
-        for node in (config.get("logger") or {}).values():
-            if node and takes_sweeps(node.get("_target_")):
-                try:
-                    log.info("Sweep summary sent to %s", push_to_tracker(sweep, node._target_))
-                except SweepReportError as error:  # the report itself is written: the sweep succeeded
-                    log.error("%s", error)
 
 
 class Preflight(Callback):
@@ -45,7 +27,7 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         require_writable(sweep_dir, "hydra.sweep.dir")
-        from runner.config import fail_fast_problem
+        from runner.config.checks import fail_fast_problem
 
         if problem := fail_fast_problem(config):
             stop(problem)
@@ -76,7 +58,7 @@ def require_writable(folder: Path, key: str) -> None:
 def check_nevergrad(optim: DictConfig, objective: DictConfig) -> None:
     """Hydra's batch Nevergrad sweeper (hydra/sweeper=nevergrad): the checks the runner's sweepers make."""
     from runner.errors import ConfigError
-    from runner.search import check_optim
+    from runner.sweep.search import check_optim
 
     try:
         check_optim(optim)
@@ -89,9 +71,9 @@ def check_nevergrad(optim: DictConfig, objective: DictConfig) -> None:
 def check_pbt(config: DictConfig) -> None:
     """PBT's settings and mutations, once before any trial starts (each trial checks them again
     against its own config, where the keys must exist: its optimizer may be another)."""
-    from runner.config import _bullets
-    from runner.pbt import config_problems
+    from runner.config.problems import bullets
+    from runner.config.pbt import config_problems
 
     problems = config_problems(config, keys_exist=False)
     if problems:
-        stop(_bullets(problems))
+        stop(bullets(problems))

@@ -1,0 +1,29 @@
+"""The Hydra callback that ends every multirun with its report (registered in conf/hydra/default.yaml),
+also sent to the trackers among its loggers (the sweep's MLflow run, say, ends with the ranking)."""
+
+from __future__ import annotations
+
+import logging
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from runner.report.core import SweepReportError, format_table, push_to_tracker, report, takes_sweeps
+
+log = logging.getLogger(__name__)
+
+
+class SweepReport(Callback):
+    """When a multirun ends, write the sweep report into its sweep folder, log the ranked table, and
+    send the summary to each logger that takes one (its class has `log_sweep`)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        # the sweep folder's `${now:...}` resolves from the cache it was created with: the same folder
+        sweep = report(config.hydra.sweep.dir)
+        log.info("Sweep report written to %s\n%s", sweep.path, format_table(sweep))
+        for node in (config.get("logger") or {}).values():
+            if node and takes_sweeps(node.get("_target_")):
+                try:
+                    log.info("Sweep summary sent to %s", push_to_tracker(sweep, node._target_))
+                except SweepReportError as error:  # the report itself is written: the sweep succeeded
+                    log.error("%s", error)
