@@ -1,11 +1,11 @@
-# `make run` trains the default experiment; `make test` runs the suite. Both build .venv when it
-# is missing or pyproject.toml changed since it was built.
+# `make run` trains the default experiment; `make test` runs the suite (`make test-fast`: its in-process
+# part). Each builds .venv when it is missing or pyproject.toml changed since it was built.
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test bench clean-venv
+.PHONY: run test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
+
+# the in-process part: composed configs, no CLI subprocess, no SLURM (about 2 minutes)
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not e2e and not slurm" $(ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/speed.py $(ARGS)
