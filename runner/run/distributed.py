@@ -7,8 +7,8 @@
   process (the Hydra job) spawns them (torch.multiprocessing) and waits; rank 0 owns the run folder.
   Signals reaching that process are forwarded to the ranks, which agree on the step to stop at, write
   one checkpoint and end; the signal is then handed on (submitit requeues a SLURM job).
-- In a SLURM job of several tasks (hydra/launcher=slurm_ddp) each task is a rank: SLURM_PROCID,
-  SLURM_NTASKS, SLURM_LOCALID, and the job's first node as the rendezvous address.
+- In a SLURM job of several tasks (hydra/launcher=slurm_ddp) each task is a rank: submitit's
+  TorchDistributedEnvironment gives its rank, the world and the job's first node as the rendezvous.
 
 `trainer.batch_size` (and `eval_batch_size`) is the global batch: each rank takes its share of every
 batch of the seeded epoch permutation, so the ranks together visit what one process would.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -243,25 +242,25 @@ def join(trainer, rank: int, world: int, local_rank: int, local_world: int, addr
 
 
 def from_slurm(trainer) -> Ranks:
-    """A task of a SLURM job of several tasks, as one rank."""
+    """A task of a SLURM job of several tasks (started by submitit), as one rank."""
+    from submitit.helpers import TorchDistributedEnvironment
+
     from runner.errors import ConfigError
 
-    world, rank = int(os.environ["SLURM_NTASKS"]), int(os.environ["SLURM_PROCID"])
+    # submitit reads the task's rank, the job's nodes and a port derived from the job id (the same in
+    # every task, different between jobs sharing a node) from the job's environment
+    job = TorchDistributedEnvironment()
     local_world = local_world_size(trainer)
     expected = local_world * trainer.num_nodes
-    if expected != world:
-        raise ConfigError(f"the SLURM job has {world} tasks but trainer.devices={trainer.devices} x "
+    if expected != job.world_size:
+        raise ConfigError(f"the SLURM job has {job.world_size} tasks but trainer.devices={trainer.devices} x "
                           f"trainer.num_nodes={trainer.num_nodes} asks for {expected} ranks; set them to match "
                           f"hydra.launcher.tasks_per_node and hydra.launcher.nodes")
-    nodes = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], capture_output=True,
-                           text=True, check=True).stdout.split()
-    # one port per job: jobs sharing a node must not meet at the same rendezvous
-    port = 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000
-    if rank > 0:  # the run's log is rank 0's; SLURM keeps each task's output besides
+    if job.rank > 0:  # the run's log is rank 0's; SLURM keeps each task's output besides
         handler = next((h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
         if handler is not None:
-            _log_to(Path(handler.baseFilename).with_name(f"runner.rank{rank}.log"), console=True)
-    return join(trainer, rank, world, int(os.environ.get("SLURM_LOCALID", "0")), local_world, nodes[0], port)
+            _log_to(Path(handler.baseFilename).with_name(f"runner.rank{job.rank}.log"), console=True)
+    return join(trainer, job.rank, job.world_size, job.local_rank, local_world, job.master_addr, job.master_port)
 
 
 def free_port() -> int:
