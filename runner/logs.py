@@ -28,9 +28,22 @@ class WithoutTraceback(logging.Formatter):
         return ""
 
 
-def error_with_traceback(logger: logging.Logger, message: str, traceback_text: str) -> None:
+# `extra=` of a record that is for the run's log file alone: a failure that the run raises, and that Hydra
+# then prints itself ("Error executing job ..."), would be on the terminal twice
+FILE_ONLY = {"file_only": True}
+
+
+class NotFileOnly(logging.Filter):
+    """The console's filter: it leaves out the records logged with `extra=FILE_ONLY`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
+def error_with_traceback(logger: logging.Logger, message: str, traceback_text: str, console: bool = True) -> None:
     """Log `message` as an error with a traceback that exists only as text (a child process's): the
-    run's log file gets both, the console the message alone."""
-    record = logger.makeRecord(logger.name, logging.ERROR, "(traceback text)", 0, message, (), None)
+    run's log file gets both, the console the message alone (or nothing, `console=False`)."""
+    record = logger.makeRecord(logger.name, logging.ERROR, "(traceback text)", 0, message, (), None,
+                               extra=None if console else FILE_ONLY)
     record.exc_text = traceback_text.rstrip("\n")
     logger.handle(record)

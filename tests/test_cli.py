@@ -72,7 +72,12 @@ def test_missing_dataset_offline_names_the_folder(run_cli, tmp_path):
 def test_nan_loss_exits_non_zero_and_records_why(run_cli, tmp_path):
     done = run_cli(*TINY, "optimizer=sgd", "optimizer.lr=1e12", "trainer.log_every_n_steps=1")
     assert_clean_error(done, "loss became")
-    result = read_result(only_run(tmp_path))
+    # printed once, by Hydra as the run ends; runner.log keeps the log line and its traceback
+    assert (done.stdout + done.stderr).count("loss became") == 1, done.stdout + done.stderr
+    run = only_run(tmp_path)
+    log_text = (run / "runner.log").read_text()
+    assert "the run failed: " in log_text and "Traceback" in log_text
+    result = read_result(run)
     assert result["status"] == "failed" and "loss became" in result["reason"]
 
 

@@ -182,6 +182,8 @@ def test_a_rank_that_raises_fails_the_run_with_its_error_and_leaves_no_process(r
                    env={"PYTHONPATH": str(tmp_path)}, timeout=240)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "rank 1 failed: RuntimeError: rank 1's own bug" in done.stderr
+    # once on the terminal (Hydra prints what the run raises), with the rank's log lines in their files
+    assert (done.stdout + done.stderr).count("rank 1's own bug") == 1, done.stdout + done.stderr
     result = read_result(run)
     assert result["status"] == "failed" and "rank 1's own bug" in result["reason"]
     assert "rank 1's own bug" in result["traceback"] and "Traceback" in (run / "runner.log").read_text()

@@ -349,7 +349,7 @@ def _rank_main(rank: int, world: int, port: int, main: Callable, cfg_yaml: str, 
 
 
 def _log_to(path: Path, console: bool) -> None:
-    from runner.logs import WithoutTraceback
+    from runner.logs import NotFileOnly, WithoutTraceback
 
     fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
     root = logging.getLogger()
@@ -361,4 +361,5 @@ def _log_to(path: Path, console: bool) -> None:
     if console:
         stream = logging.StreamHandler(sys.stdout)
         stream.setFormatter(WithoutTraceback(fmt))
+        stream.addFilter(NotFileOnly())
         root.addHandler(stream)

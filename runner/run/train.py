@@ -24,6 +24,7 @@ from runner.run.distributed import Ranks
 from runner.run.interrupt import RunInterrupted
 from runner.config.resume import check_read_back
 from runner.errors import ConfigError, RunnerError, TrialFailed
+from runner.logs import FILE_ONLY
 from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LAST_CHECKPOINT, RESULT_FILE, now,
                             read_result, write_json_atomic, write_text_atomic)
 
@@ -169,11 +170,14 @@ def train_rank(cfg: DictConfig, context: RunContext, ranks: Ranks) -> float:
         value = _fit(cfg, trainer, context, record, resuming, ranks)
     except Exception as raised:
         error = ranks.explain(raised)  # a collective that timed out: where each rank was
-        # the whole traceback goes to runner.log (the console shows the message alone)
-        log.error("%s failed: %s", f"trial {context.trial}" if context.trial else "the run", error, exc_info=error)
+        raising = context.sweep_dir is None or cfg.fail_fast
+        # the whole traceback goes to runner.log; the console shows the message, once: Hydra prints
+        # what a single run raises
+        log.error("%s failed: %s", f"trial {context.trial}" if context.trial else "the run", error, exc_info=error,
+                  extra=FILE_ONLY if context.sweep_dir is None else None)
         if record is not None and record.written:
             record.failed(error)
-        if context.sweep_dir is None or cfg.fail_fast:
+        if raising:
             if ranks.is_main:
                 context.mark_failed(error)
             if error is not raised:
@@ -195,7 +199,7 @@ def _train_on_spawned_ranks(cfg: DictConfig, context: RunContext, trainer, world
     try:
         distributed.spawn(_spawned_rank, OmegaConf.to_yaml(cfg), dataclasses.asdict(context), trainer, world)
     except distributed.RankFailed as error:
-        error_with_traceback(log, str(error), error.traceback_text)
+        error_with_traceback(log, str(error), error.traceback_text, console=context.sweep_dir is not None)
         result = read_result(context.run_dir)
         if result is not None and result.get("started_at", "") >= started:  # this attempt's record
             result.update(status="failed", reason=str(error), traceback=error.traceback_text, finished_at=now())
