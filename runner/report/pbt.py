@@ -37,7 +37,8 @@ def pbt_lineage(trial: Trial) -> dict | None:
 
 
 def replay_command(trial: Trial, policy: Path) -> str:
-    """The trial's rerun command with its PBT overrides swapped for `pbt=replay pbt.policy=<policy>`."""
+    """The trial's rerun command with its PBT overrides swapped for `pbt=replay pbt.policy=<policy>`,
+    run with one intra-op thread."""
     overrides = list(trial.overrides)
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] != "pbt"]
     # quoted for Hydra too: trial folders hold '=' and ','
@@ -45,10 +46,13 @@ def replay_command(trial: Trial, policy: Path) -> str:
     tail = shlex.join([*kept, "pbt=replay", f"pbt.policy={quoted}"])
     command, given = trial.command, shlex.join(overrides)
     if command and overrides and command.endswith(given):
-        return command[: len(command) - len(given)] + tail
-    if command and not overrides:
-        return f"{command} {tail}"
-    return f"python -m runner {tail}"
+        replay = command[: len(command) - len(given)] + tail
+    elif command and not overrides:
+        replay = f"{command} {tail}"
+    else:
+        replay = f"python -m runner {tail}"
+    # the replay reproduces the lineage to the digit only on one thread: more threads sum in another order
+    return f"OMP_NUM_THREADS=1 {replay}"
 
 
 def format_pbt(sweep: Sweep) -> str | None:
