@@ -111,9 +111,10 @@ def count_exploits(sweep_dir: Path) -> int:
 def replay(folder: Path, pbt: dict) -> dict:
     """The PBT sweep's best trial replayed as one run, by the command the sweep report gives."""
     run_dir = folder / "replay"
-    command = shlex.split(pbt["pbt"]["replay"]) + [f"hydra.run.dir={run_dir}"]
+    # through a shell, as a user pastes it: the command begins with its environment (OMP_NUM_THREADS=1 ...)
+    command = f"{pbt['pbt']['replay']} {shlex.quote(f'hydra.run.dir={run_dir}')}"
     started = time.monotonic()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+    subprocess.run(command, shell=True, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     wall_s = time.monotonic() - started
     result = read_result(run_dir)

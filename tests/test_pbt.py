@@ -482,6 +482,9 @@ def test_the_report_shows_the_best_trials_schedule_ancestry_and_replay(pbt_sweep
     best = yaml.safe_load((pbt_sweep / "best.yaml").read_text())
     assert [s["trained_by"] for s in best["pbt"]["schedule"]] == [s.trial for s in schedule(policy)]
     assert best["pbt"]["replay"].endswith(f"pbt=replay 'pbt.policy=\"{sweep.best.path / POLICY_FILE}\"'")
+    # reproduced to the digit only with one intra-op thread
+    assert best["pbt"]["replay"].startswith("OMP_NUM_THREADS=1 ")
+    assert f"Replay: {best['pbt']['replay']}" in text
     assert (pbt_sweep / "report.png").stat().st_size > 0
 
 

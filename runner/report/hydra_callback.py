@@ -8,7 +8,10 @@ import logging
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from runner.report.core import SweepReportError, format_table, push_to_tracker, report, takes_sweeps
+from runner.report.table import format_table
+from runner.report.trackers import push_to_tracker, takes_sweeps
+from runner.report.trials import SweepReportError
+from runner.report.writing import report
 
 log = logging.getLogger(__name__)
 
