@@ -134,7 +134,8 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", split: str = "test", o
     from runner.run.build import build
     from runner.config.checks import typed_trainer
     from runner.run.data import make_source
-    from runner.run.fit import AUTOCAST_DTYPES, evaluate, resolve_device
+    from runner.run.device import AUTOCAST_DTYPES, resolve_device
+    from runner.run.evaluation import evaluate
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r} is not allowed; use one of: {', '.join(SPLITS)}")

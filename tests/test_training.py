@@ -34,7 +34,7 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
     """The model's weights as the run starts from them: the same seed, the same construction."""
     from hydra.utils import instantiate
 
-    from runner.run.fit import seed_everything
+    from runner.run.device import seed_everything
 
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     return instantiate(cfg.model).state_dict()

@@ -173,6 +173,15 @@ def make_source(split, data, device: torch.device, trainer, channels_last: bool)
     )
 
 
+def make_sources(data, device: torch.device, trainer, channels_last: bool) -> tuple[Any, Any, Any]:
+    """The dataset's train, val and test sources; no test source (None) unless trainer.test and the
+    dataset has a test split."""
+    test = getattr(data, "test", None)
+    return (make_source(data.train, data, device, trainer, channels_last),
+            make_source(data.val, data, device, trainer, channels_last),
+            make_source(test, data, device, trainer, channels_last) if trainer.test and test is not None else None)
+
+
 @dataclass
 class _Moved:
     """Batches cut on the CPU and copied to the device one at a time."""

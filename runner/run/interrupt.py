@@ -1,8 +1,8 @@
 """Turns SIGINT, SIGTERM and SIGUSR2 into a request that the training loop answers at a step boundary.
 
-The loop saves a checkpoint first, then hands the signal to whoever handled it before us: on SLURM
-that is submitit, which requeues the job (USR2) or ignores the signal (TERM); elsewhere Ctrl-C
-becomes KeyboardInterrupt and TERM/USR2 end the process.
+The loop saves a checkpoint first (`answer_signal`), then hands the signal to whoever handled it before
+us: on SLURM that is submitit, which requeues the job (USR2) or ignores the signal (TERM); elsewhere
+Ctrl-C becomes KeyboardInterrupt and TERM/USR2 end the process.
 """
 
 from __future__ import annotations
@@ -60,3 +60,22 @@ class Interruption:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
+
+
+def answer_signal(fit, interruption: Interruption, batch_index: int, totals, generator) -> None:
+    """What the loop (runner.run.fit) does at the step a signal arrived, on every rank: save the unfinished
+    epoch, tell the callbacks, hand the signal on. Returns only if the run goes on."""
+    from runner.run import run_state  # torch loads with the loop, not with this module (runner.run.train)
+
+    run_state.save_mid_epoch(fit, batch_index, totals, generator)
+    # called before the signal is handed on: on SLURM the job may be killed soon after the hand-over
+    fit.hooks.call("on_interrupt")
+    # a hand-over that returns (a signal submitit ignores) goes on with the same epoch
+    fit.progress.batch_in_epoch, fit.progress.partial, fit.progress.generator_state = 0, None, None
+    if fit.ranks.ddp:
+        # the checkpoint is written: every rank stops; a spawned rank leaves the signal to
+        # the run's own process, a SLURM task hands it to submitit (rank 0 requeues)
+        if interruption.requested and not fit.ranks.spawned:
+            interruption.hand_over()
+        raise RunInterrupted
+    interruption.hand_over()

@@ -17,7 +17,7 @@ class Objective:
 
     @property
     def worst(self) -> float:
-        return -math.inf if self.maximize else math.inf
+        return worst_value(self.goal)
 
     def better(self, a: float, b: float | None, margin: float = 0.0) -> bool:
         if a is None or math.isnan(a):
@@ -42,3 +42,8 @@ class Objective:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.value, self.epoch, self.metrics, self.last = state["value"], state["epoch"], state["metrics"], state["last"]
+
+
+def worst_value(goal: str) -> float:
+    """The value no result is worse than for `goal`: what a failed trial gives its sweeper."""
+    return -math.inf if goal == "maximize" else math.inf

@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.paths import CONF_DIR
 from runner import config as config_checks
-from runner.run.callbacks import ResultRecord, build_callbacks, rank_callbacks, worst_value
+from runner.run.callbacks import ResultRecord, build_callbacks, rank_callbacks
 from runner.run.distributed import Ranks
 from runner.run.interrupt import RunInterrupted
+from runner.run.objective import worst_value
 from runner.config.resume import check_read_back
 from runner.errors import ConfigError, RunnerError, TrialFailed
 from runner.logs import FILE_ONLY
