@@ -9,7 +9,7 @@ scheduler, step and random states) with that trial's hyperparameters ("exploit")
 ("explore") and trains on from there in its own folder.
 
 Trials share no memory, server or database. They meet in one append-only file,
-`SWEEP_DIR/pbt_global.jsonl`, read and extended under a file lock (runner.sweep.pruning.SharedLog): one
+`SWEEP_DIR/pbt_global.jsonl`, read and extended under a file lock (runner.sweep.shared_log.SharedLog): one
 line per trial and perturbation point with its value, its hyperparameters, its checkpoint and the
 decision. A trial compares itself with the records of the *same epoch*: trials of one sweep may run
 all at once, two at a time or one after another (a local sweep), and a trial at epoch 2 is
@@ -55,7 +55,7 @@ from runner.run.callbacks import Callback
 from runner.config.problems import bullets, leaves
 from runner.config.pbt import explore, parse_mutations, settings_problems
 from runner.errors import ConfigError, TrialFailed
-from runner.sweep.pruning import SharedLog, _finite_or_none, _read_jsonl
+from runner.sweep.shared_log import SharedLog, finite_or_none, read_jsonl
 from runner.resolvers import GOALS
 from runner.results import BEST_CHECKPOINT, now, write_text_atomic
 
@@ -159,7 +159,7 @@ class Population:
             k = quantile_count(n, self.quantile_fraction)
             better = [r for r in others if self.score(r.get("value")) > own]
             record = {
-                "trial": self.trial, "attempt": attempt, "epoch": epoch, "value": _finite_or_none(value),
+                "trial": self.trial, "attempt": attempt, "epoch": epoch, "value": finite_or_none(value),
                 "population": self.population, "checkpoint": _relative(checkpoint, self.sweep_dir),
                 "values": values, "decision": "continue", "donor": None, "donor_value": None,
                 "donor_checkpoint": None, "copied": None, "new": None, "reason": "", "time": now(),
@@ -299,7 +299,7 @@ def read_policy(path: Path) -> list[dict[str, Any]]:
         path = path / POLICY_FILE
     if not path.is_file():
         raise ConfigError(f"pbt.policy={path}: no such file; give a PBT trial's folder or its {POLICY_FILE}")
-    entries = _read_jsonl(path)
+    entries = read_jsonl(path)
     if not entries or entries[0].get("event") != "start" or any(e.get("event") != "exploit" for e in entries[1:]):
         raise ConfigError(f"pbt.policy={path} is not a PBT policy (a start line, then one line per exploit)")
     return entries
@@ -337,7 +337,7 @@ def schedule(policy: list[dict[str, Any]]) -> list[Segment]:
 
 def read_records(sweep_dir: Path) -> list[dict[str, Any]]:
     """The sweep's global log (every trial's latest attempt); [] for a sweep without PBT."""
-    return latest_attempts(_read_jsonl(Path(sweep_dir) / GLOBAL_LOG))
+    return latest_attempts(read_jsonl(Path(sweep_dir) / GLOBAL_LOG))
 
 
 # ---------------------------------------------------------------- the callbacks
@@ -506,7 +506,7 @@ def _previous_attempt(run_dir: Path, trial: str) -> str | None:
     path = run_dir / POLICY_FILE
     if not path.is_file():
         return None
-    own = [e for e in _read_jsonl(path) if e.get("trial") == trial and e.get("attempt")]
+    own = [e for e in read_jsonl(path) if e.get("trial") == trial and e.get("attempt")]
     return own[-1]["attempt"] if own else None
 
 
