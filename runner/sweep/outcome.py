@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, open_dict
 
-from runner.results import now, read_result, write_json_atomic
+from runner.results import RESULT_FILE, blank_result, now, read_result, write_json_atomic
 
 
 @dataclass
@@ -57,16 +57,11 @@ def record_lost(config_loader, config: DictConfig, finished) -> Path:
     with open_dict(cfg):
         cfg.hydra.job.num = finished.number
     run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-    result = read_result(run_dir) or {
-        "objective": {"metric": cfg.objective.metric, "goal": cfg.objective.goal, "value": None, "epoch": None,
-                      "last": None},
-        "epochs": 0,
-        "overrides": list(finished.overrides),
-        "run_dir": str(run_dir.resolve()),
-        "started_at": None,
-    }
+    result = read_result(run_dir) or blank_result(
+        metric=cfg.objective.metric, goal=cfg.objective.goal, overrides=finished.overrides,
+        run_dir=run_dir.resolve(), max_epochs=cfg.trainer.max_epochs)
     result.update(status="failed", reason=finished.lost, finished_at=now())
-    write_json_atomic(run_dir / "result.json", result)
+    write_json_atomic(run_dir / RESULT_FILE, result)
     return run_dir
 
 
