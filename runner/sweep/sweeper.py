@@ -27,6 +27,7 @@ from typing import Any
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.checks import sweep_workers_problem
 from runner.errors import ConfigError, RunnerError
 from runner.results import now
 from runner.sweep.journal import Journal
@@ -57,10 +58,8 @@ class StreamingSweeper:
 
         self.hydra_context, self.config = hydra_context, config
         wanted = self.optim.num_workers if self.kind == "nevergrad" else self.num_workers
-        if wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
-            key = "optim.num_workers" if self.kind == "nevergrad" else "num_workers"
-            raise ConfigError(f"hydra.sweeper.{key}={wanted} must be a positive integer"
-                              + ("" if self.kind == "nevergrad" else " or null (as many as the launcher runs)"))
+        if problem := sweep_workers_problem(self.kind, wanted):
+            raise ConfigError(problem)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
         self.pool = pool_for(self.launcher, hydra_context, task_function, config)
