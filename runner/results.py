@@ -1,4 +1,4 @@
-"""A run's record on disk: result.json and metrics.csv, written atomically, read back by sweeps."""
+"""A run's record on disk: result.json and metrics.csv, written whole (runner.files), read back by sweeps."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import csv
 import io
 import json
 import math
-import os
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+
+from runner.files import write_text_atomic
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
@@ -76,27 +76,6 @@ def blank_result(*, metric: str, goal: str, overrides: list[str], run_dir: Path 
         "finished_at": None,
         "pruned_at_epoch": None,
     }
-
-
-def write_bytes_atomic(path: Path | str, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path | str, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _json_safe(value: Any) -> Any:

@@ -28,7 +28,8 @@ from runner.sweep.journal import Journal
 from runner.config.pbt import Space, explore, parse_space
 from runner.sweep.pbt.policy import POLICY_FILE, read_policy, schedule
 from runner.sweep.pbt.records import GLOBAL_LOG, Population, checkpoint_name, quantile_count, read_records
-from runner.results import read_metrics, read_result, write_bytes_atomic
+from runner.files import write_bytes_atomic
+from runner.results import read_metrics, read_result
 from tests.conftest import REPO
 from tests.slurm_cluster import job_name, slurm_cluster  # noqa: F401  (fixtures)
 

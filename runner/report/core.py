@@ -31,7 +31,8 @@ from runner.paths import CONF_DIR
 from runner.errors import RunnerError
 from runner.sweep.journal import Journal
 from runner.resolvers import GOALS
-from runner.results import read_metrics, read_result, write_bytes_atomic, write_text_atomic
+from runner.files import write_bytes_atomic, write_text_atomic
+from runner.results import read_metrics, read_result
 
 STATUSES = ("running", "completed", "pruned", "failed", "interrupted")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import ConfigError
-from runner.results import write_text_atomic
+from runner.files import write_text_atomic
 from runner.sweep.shared_log import read_jsonl
 
 POLICY_FILE = "pbt_policy.jsonl"

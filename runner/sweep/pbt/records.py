@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config.problems import leaves
 from runner.errors import ConfigError
+from runner.files import link_or_copy
 from runner.resolvers import GOALS
 from runner.results import now
 from runner.sweep.shared_log import SharedLog, finite_or_none, read_jsonl
@@ -160,26 +158,6 @@ def latest_attempts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def read_records(sweep_dir: Path) -> list[dict[str, Any]]:
     """The sweep's global log (every trial's latest attempt); [] for a sweep without PBT."""
     return latest_attempts(read_jsonl(Path(sweep_dir) / GLOBAL_LOG))
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """`target` becomes `source`'s content: a hard link (no copy, and it stays if `source` is deleted),
-    or a copy where the filesystem has none; either way renamed into place whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        try:
-            os.link(source, temporary)
-        except FileNotFoundError:
-            raise
-        except OSError:  # no hard links here (some network filesystems): copy
-            with open(source, "rb") as src, open(temporary, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-                dst.flush()
-                os.fsync(dst.fileno())
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _own(records: list[dict[str, Any]], trial: str, attempt: str, epoch: int) -> dict[str, Any] | None:

@@ -14,11 +14,12 @@ from omegaconf import DictConfig
 from runner.config.pbt import explore, parse_mutations, settings_problems
 from runner.config.problems import bullets
 from runner.errors import ConfigError, TrialFailed
+from runner.files import link_or_copy
 from runner.results import BEST_CHECKPOINT
 from runner.run.callbacks import Callback
 from runner.sweep.pbt.live_values import apply_values, check_live_keys, current_values, resumed_config, value_text
 from runner.sweep.pbt.policy import previous_attempt, write_policy
-from runner.sweep.pbt.records import Population, checkpoint_name, digest, link_or_copy, population_config
+from runner.sweep.pbt.records import Population, checkpoint_name, digest, population_config
 
 log = logging.getLogger(__name__)
 
