@@ -1,4 +1,4 @@
-"""A run's record on disk: result.json and metrics.csv, written atomically, read back by sweeps."""
+"""A run's record on disk: result.json and metrics.csv, written whole (runner.files), read back by sweeps."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import csv
 import io
 import json
 import math
-import os
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+
+from runner.files import write_text_atomic
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
@@ -45,25 +45,37 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def write_bytes_atomic(path: Path | str, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path | str, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+def blank_result(*, metric: str, goal: str, overrides: list[str], run_dir: Path | str, max_epochs: int | None = None,
+                 started_at: str | None = None, started_in: str | None = None, command: str | None = None,
+                 git_commit: str | None = None, project_git: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record of a run that has trained nothing yet: what every run's result.json starts from
+    (runner.run.callbacks.ResultRecord), and what a trial lost before it wrote one is recorded
+    failed with (runner.sweep.outcome)."""
+    return {
+        "status": "running",
+        "reason": None,
+        "objective": {"metric": metric, "goal": goal, "value": None, "epoch": None, "last": None},
+        "final_metrics": {},
+        "best_metrics": {},
+        # filled by the test stage when the run ends: the best checkpoint on the test split
+        "test_metrics": None,
+        "test_epoch": None,
+        "epochs": 0,
+        "max_epochs": max_epochs,
+        "steps": 0,
+        "duration_s": None,
+        "overrides": list(overrides),
+        "run_dir": str(run_dir),
+        # the folder the run was started from and the command that runs it again from there
+        "started_in": started_in,
+        "command": command,
+        # the runner's own commit, and the state of the user's project (the folder started from)
+        "git_commit": git_commit,
+        "project_git": project_git,
+        "started_at": started_at,
+        "finished_at": None,
+        "pruned_at_epoch": None,
+    }
 
 
 def _json_safe(value: Any) -> Any:

@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 # lowest first: a module may import its own layer and the ones below, never one above
 LAYERS = [
-    ("base", ["runner.errors", "runner.resolvers", "runner.logs", "runner.results", "runner.paths"]),
+    ("base", ["runner.errors", "runner.resolvers", "runner.logs", "runner.files", "runner.results", "runner.paths"]),
     ("config", ["runner.config"]),
     ("run", ["runner.run"]),
     ("sweep", ["runner.sweep"]),

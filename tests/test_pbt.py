@@ -26,9 +26,10 @@ import yaml
 from runner.errors import ConfigError
 from runner.sweep.journal import Journal
 from runner.config.pbt import Space, explore, parse_space
-from runner.sweep.pbt import (GLOBAL_LOG, POLICY_FILE, Population, checkpoint_name, quantile_count, read_policy,
-                              read_records, schedule)
-from runner.results import read_metrics, read_result, write_bytes_atomic
+from runner.sweep.pbt.policy import POLICY_FILE, read_policy, schedule
+from runner.sweep.pbt.records import GLOBAL_LOG, Population, checkpoint_name, quantile_count, read_records
+from runner.files import write_bytes_atomic
+from runner.results import read_metrics, read_result
 from tests.conftest import REPO
 from tests.slurm_cluster import job_name, slurm_cluster  # noqa: F401  (fixtures)
 
@@ -193,7 +194,7 @@ def test_new_values_reach_the_live_optimizer_data_path_and_loss(compose_cfg, tmp
     from runner.run.callbacks import build_callbacks, ResultRecord
     from runner.config import typed_trainer
     from runner.run.fit import Fit
-    from runner.sweep.pbt import apply_values, current_values
+    from runner.sweep.pbt.live_values import apply_values, current_values
     from runner.run.train import RunContext
 
     cfg = compose_cfg([*BASE, "scheduler=step", "scheduler.fn.step_size=1", "scheduler.fn.gamma=0.5",
@@ -456,7 +457,7 @@ def test_a_replay_trains_exactly_the_schedule(compose_cfg, pbt_sweep, tmp_path):
 
 
 def test_a_replay_with_another_experiment_is_refused_by_key(compose_cfg, pbt_sweep):
-    from runner.sweep.pbt import Replay
+    from runner.sweep.pbt.replay import Replay
 
     trial = next(p for p in pbt_sweep.iterdir() if (p / POLICY_FILE).exists())
     cfg = compose_cfg(["dataset=synthetic", "model=lenet", "optimizer=sgd", "trainer.max_epochs=4", "pbt=replay"])

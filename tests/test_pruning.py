@@ -16,8 +16,8 @@ import pytest
 from hydra.utils import instantiate
 
 from runner.errors import ConfigError
-from runner.sweep.pruning import (ASHA, SHARED_FILE, TRIAL_LOG, Hyperband, Median, SharedLog,
-                            bracket_of)
+from runner.sweep.pruning import ASHA, SHARED_FILE, TRIAL_LOG, Hyperband, Median, bracket_of
+from runner.sweep.shared_log import SharedLog
 
 # The fake objective: trial i has quality QUALITIES[i]; higher quality is better at every epoch.
 QUALITIES = [5, 2, 8, 1, 9, 3, 7, 4, 6]

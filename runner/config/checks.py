@@ -160,6 +160,18 @@ def fail_fast_problem(cfg: DictConfig) -> str | None:
     return None if isinstance(value, bool) else f"fail_fast={value!r} must be true or false"
 
 
+def sweep_workers_problem(kind: str, num_workers: Any) -> str | None:
+    """How many trials a sweep runs at once: Nevergrad's hydra.sweeper.optim.num_workers (the runner's
+    ask/tell sweeper and Hydra's), a grid's hydra.sweeper.num_workers, which may be null."""
+    if kind != "nevergrad" and num_workers is None:
+        return None  # as many as the launcher runs at once
+    if isinstance(num_workers, int) and num_workers >= 1:
+        return None
+    key = "optim.num_workers" if kind == "nevergrad" else "num_workers"
+    return (f"hydra.sweeper.{key}={num_workers} must be a positive integer"
+            + ("" if kind == "nevergrad" else " or null (as many as the launcher runs)"))
+
+
 def _check_trainer(trainer: DictConfig, problems: list[str]) -> None:
     at_least_one = ["max_epochs", "batch_size", "eval_batch_size", "eval_every_n_epochs",
                     "checkpoint_every_n_epochs", "log_every_n_steps", "histograms_every_n_epochs",

@@ -7,7 +7,7 @@ import io
 
 from runner.report.pbt import pbt_records
 from runner.report.ranking import Sweep, by_number
-from runner.results import write_bytes_atomic
+from runner.files import write_bytes_atomic
 
 PLOT_FILE = "report.png"
 # learning curves of more trials than this turn into an unreadable tangle

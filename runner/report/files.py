@@ -13,7 +13,7 @@ import yaml
 from runner.report.pbt import pbt_lineage
 from runner.report.ranking import Sweep, by_number
 from runner.report.trials import rerun_command
-from runner.results import write_text_atomic
+from runner.files import write_text_atomic
 
 SUMMARY_FILE = "summary.csv"
 HISTORY_FILE = "history.csv"

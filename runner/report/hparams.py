@@ -11,7 +11,7 @@ from pathlib import Path
 from runner.report.files import union
 from runner.report.ranking import Sweep, is_number
 from runner.report.trials import Trial
-from runner.results import write_bytes_atomic
+from runner.files import write_bytes_atomic
 
 HPARAMS_DIR = "tensorboard_hparams"
 

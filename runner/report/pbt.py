@@ -13,7 +13,7 @@ from runner.report.trials import Trial
 
 def pbt_records(sweep: Sweep) -> list[dict]:
     """The sweep's PBT records (runner.sweep.pbt's global log), [] for a sweep without PBT."""
-    from runner.sweep.pbt import read_records
+    from runner.sweep.pbt.records import read_records
 
     return read_records(sweep.path)
 
@@ -21,7 +21,7 @@ def pbt_records(sweep: Sweep) -> list[dict]:
 def pbt_lineage(trial: Trial) -> dict | None:
     """A PBT trial's schedule and ancestry from its policy file, and the command that replays it;
     None for a trial without PBT."""
-    from runner.sweep.pbt import POLICY_FILE, read_policy, schedule
+    from runner.sweep.pbt.policy import POLICY_FILE, read_policy, schedule
 
     path = trial.path / POLICY_FILE
     if not path.is_file():

@@ -8,9 +8,7 @@ newer format, or a file that is no checkpoint, is refused by name and left untou
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +16,15 @@ import numpy as np
 import torch
 
 from runner.errors import CheckpointError
+from runner.files import open_atomic
 # 1: runner 0.1, pickled Python objects (a Progress dataclass, numpy arrays); 2: plain data
 FORMAT_VERSION = 2
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a uniquely named temporary file beside `path`, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide checkpoints from the rest of a team
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save into a temporary file beside `path`, fsync, then rename over it (runner.files)."""
+    with open_atomic(path) as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
 
 
 RESUME_REMEDY = ("Move it away to resume from nothing, or start over with trainer.resume=never (earlier results "

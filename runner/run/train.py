@@ -26,8 +26,9 @@ from runner.run.objective import worst_value
 from runner.config.resume import check_read_back
 from runner.errors import ConfigError, RunnerError, TrialFailed
 from runner.logs import FILE_ONLY
+from runner.files import write_text_atomic
 from runner.results import (CHECKPOINT_DIR, FAIL_FAST_MARKER, FINAL_STATUSES, LAST_CHECKPOINT, RESULT_FILE, now,
-                            read_result, write_json_atomic, write_text_atomic)
+                            read_result, write_json_atomic)
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ The runner builds one pruner per trial, only in a multirun and only when `cfg.pr
     if decision.stop: ...                    # end the trial cleanly, status "pruned"
 
 Trials share no memory, server or database. They meet in one append-only file in the sweep folder,
-`SWEEP_DIR/.pruning/rungs.jsonl` (one line per trial and rung), read and extended under a file lock,
-so trials in threads, processes or on SLURM nodes sharing a filesystem see each other's reports.
+`SWEEP_DIR/.pruning/rungs.jsonl` (one line per trial and rung), read and extended under a file lock
+(runner.sweep.shared_log), so trials in threads, processes or on SLURM nodes sharing a filesystem see
+each other's reports.
 Each trial also keeps its own decision log, `SWEEP_DIR/<trial>/pruning.jsonl`, one line per report.
 
 Rules every pruner here follows:
@@ -33,29 +34,19 @@ Rules every pruner here follows:
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import math
-import os
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
-import filelock
-
-from runner.errors import ConfigError, TrialFailed
+from runner.errors import ConfigError
 from runner.resolvers import GOALS
-
-log = logging.getLogger(__name__)
+from runner.sweep.shared_log import SharedLog, append_jsonl, finite_or_none, read_jsonl
 
 SHARED_FILE = Path(".pruning") / "rungs.jsonl"
 TRIAL_LOG = "pruning.jsonl"
-# A report holds the lock for milliseconds; a wait this long means a dead lock holder or a hung
-# filesystem, which the error message helps the user resolve.
-LOCK_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -79,11 +70,11 @@ class Decision:
     def to_record(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
-            "value": _finite_or_none(self.value),
-            "best": _finite_or_none(self.best),
+            "value": finite_or_none(self.value),
+            "best": finite_or_none(self.best),
             "bracket": self.bracket,
             "rung": self.rung,
-            "threshold": _finite_or_none(self.threshold),
+            "threshold": finite_or_none(self.threshold),
             "decision": "stop" if self.stop else "continue",
             "reason": self.reason,
         }
@@ -165,7 +156,7 @@ class Pruner(ABC):
                                 self._why_no_rung(epoch))
         else:
             decision = self._decide_at_rung(epoch, value, best, rung)
-        _append_jsonl(self.trial_log, decision.to_record())
+        append_jsonl(self.trial_log, decision.to_record())
         past[epoch] = decision
         return decision
 
@@ -228,7 +219,7 @@ class Pruner(ABC):
     def _load_past(self) -> dict[int, Decision]:
         if self._past is None:
             self._past = {}
-            for record in _read_jsonl(self.trial_log):
+            for record in read_jsonl(self.trial_log):
                 decision = Decision.from_record(record)
                 self._past.setdefault(decision.epoch, decision)
         return self._past
@@ -345,87 +336,6 @@ def bracket_of(trial: str, brackets: int) -> int:
     return int.from_bytes(digest[:8], "big") % brackets
 
 
-class SharedLog:
-    """An append-only JSONL file that processes on several machines read and extend under a lock.
-
-    The lock is filelock.FileLock: flock(2), which Linux emulates on NFS with POSIX byte-range
-    locks that the server arbitrates between nodes. Unlike an O_EXCL marker file
-    (SoftFileLock), the kernel drops it when its holder dies, and SLURM kills jobs (time limits,
-    preemption) at any moment: a marker left behind would hang every later trial. Where the
-    filesystem has no flock at all (Lustre mounted without `-o flock`), filelock 4 (installed here)
-    falls back to a marker by itself; filelock 3 raises NotImplementedError, and we fall back then.
-    The file is opened after the lock is taken and closed (after fsync) before it is released:
-    NFS close-to-open consistency then shows every reader every line written before.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock_path = path.with_name(path.name + ".lock")
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock: filelock.BaseFileLock = filelock.FileLock(self.lock_path, timeout=LOCK_TIMEOUT_S)
-        try:
-            try:
-                lock.acquire()
-            except NotImplementedError:
-                lock = filelock.SoftFileLock(self.lock_path, timeout=LOCK_TIMEOUT_S)
-                lock.acquire()
-        except filelock.Timeout as error:
-            raise TrialFailed(
-                f"waited {LOCK_TIMEOUT_S:g} s for the lock {self.lock_path}; if no trial of "
-                f"this sweep is running, a killed one left it behind: delete it and run again"
-            ) from error
-        try:
-            yield
-        finally:
-            lock.release()
-
-    def read(self) -> list[dict[str, Any]]:
-        """Every record; call it holding the lock."""
-        return _read_jsonl(self.path)
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Add one record; call it holding the lock."""
-        _append_jsonl(self.path, record)
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it; a line torn by a crash before it is closed off first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, allow_nan=False) + "\n"
-    with path.open("a+b") as f:
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = "\n" + line
-        f.write(line.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The file's records, skipping a line a crash tore (with a warning); [] if there is no file."""
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            log.warning("%s:%d is not a JSON record (a write cut short?); skipped", path, number)
-    return records
-
-
 def _percentile(scores: list[float], quantile: Fraction) -> float:
     """numpy's default (linear) percentile, with the position computed exactly.
 
@@ -449,10 +359,6 @@ def _require_int(name: str, value: Any, *, minimum: int, maximum: int | None = N
     if bad or (maximum is not None and value > maximum):
         allowed = f"an int from {minimum} to {maximum}" if maximum is not None else f"an int >= {minimum}"
         raise ConfigError(f"pruner.{name}={value!r} is not allowed; use {allowed}")
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.checks import sweep_workers_problem
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,8 @@ def check_optim(optim: DictConfig | None) -> None:
                           f"try NGOpt, RandomSearch, BO, CMA, TwoPointsDE or OnePlusOne")
     if not (isinstance(optim.budget, int) and optim.budget >= 1):
         raise ConfigError(f"hydra.sweeper.optim.budget={optim.budget} must be an integer >= 1")
-    if not (isinstance(optim.num_workers, int) and optim.num_workers >= 1):
-        raise ConfigError(f"hydra.sweeper.optim.num_workers={optim.num_workers} must be an integer >= 1")
+    if problem := sweep_workers_problem("nevergrad", optim.num_workers):
+        raise ConfigError(problem)
     if optim.num_workers > 1 and getattr(registry[name], "no_parallelization", False):
         raise ConfigError(f"Nevergrad's {name} asks for one trial at a time, but hydra.sweeper.optim.num_workers="
                           f"{optim.num_workers}; set hydra.sweeper.optim.num_workers=1 or use an optimizer that "

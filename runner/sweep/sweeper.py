@@ -12,7 +12,8 @@ and tells the optimizer what the journal says, in its order, so the optimizer is
 it launches every trial it had asked again, under its number and overrides (the trial function
 reads a finished trial's result.json back; an unfinished one resumes from its checkpoints/last.pt),
 and tells the optimizer only what it had not been told (a trial that was running, or a failed
-one that now completes). Then it goes on asking.
+one that now completes). Then it goes on asking. The resume is runner.sweep.resume's; what a
+finished trial tells the sweep, runner.sweep.outcome's; how far the sweep is, runner.sweep.progress's.
 """
 
 from __future__ import annotations
@@ -20,55 +21,25 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.core.utils import JobReturn
+from omegaconf import DictConfig, OmegaConf
 
+from runner.config.checks import sweep_workers_problem
 from runner.errors import ConfigError, RunnerError
+from runner.results import now
 from runner.sweep.journal import Journal
-from runner.results import now, read_result, write_json_atomic
+from runner.sweep.outcome import Outcome, Told, record_lost, returned_outcome
+from runner.sweep.progress import SweepProgress
+from runner.sweep.resume import SweepResume
 from runner.sweep.search import Point, each_value_once, make_search
 
 log = logging.getLogger(__name__)
 
 # how long the sweeper waits for a trial to end before it looks again (it wakes at once when one ends)
 POLL_S = 1.0
-
-
-@dataclass
-class Outcome:
-    """What a finished trial told the sweep."""
-
-    number: int
-    job_return: JobReturn | None
-    status: str  # the trial's result.json status, "failed" for a failed or lost trial
-    loss: float  # what the optimizer is told: the objective, negated when maximizing; inf if failed
-    metric: str | None
-    objective: float | None  # the trial's best objective value (result.json), None if it has none
-    goal: str | None
-    duration_s: float | None
-    failed_job: bool  # the trial function raised (fail_fast, a config that does not compose)
-
-
-def status_line(number: int, status: str, metric: str | None, objective: float | None,
-                best: tuple[float, int] | None, in_flight: int, done: int, budget: int, elapsed_s: float,
-                eta_s: float | None) -> str:
-    """One line per finished trial: what it got, the best so far, and how far the sweep is."""
-    value = "-" if objective is None else f"{objective:.4g}"
-    best_text = "-" if best is None else f"{best[0]:.4g} (#{best[1]})"
-    eta = "?" if eta_s is None else _clock(eta_s)
-    return (f"trial {number} {status}: {metric or 'objective'}={value} | best {best_text} | in flight {in_flight} "
-            f"| done {done}/{budget} | elapsed {_clock(elapsed_s)} | ETA {eta}")
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class StreamingSweeper:
@@ -87,10 +58,8 @@ class StreamingSweeper:
 
         self.hydra_context, self.config = hydra_context, config
         wanted = self.optim.num_workers if self.kind == "nevergrad" else self.num_workers
-        if wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
-            key = "optim.num_workers" if self.kind == "nevergrad" else "num_workers"
-            raise ConfigError(f"hydra.sweeper.{key}={wanted} must be a positive integer"
-                              + ("" if self.kind == "nevergrad" else " or null (as many as the launcher runs)"))
+        if problem := sweep_workers_problem(self.kind, wanted):
+            raise ConfigError(problem)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
         self.pool = pool_for(self.launcher, hydra_context, task_function, config)
@@ -118,35 +87,32 @@ class StreamingSweeper:
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self.journal = Journal(self.sweep_dir)
         self.writer_lock = self.journal.hold()
-        history = self.journal.read()
-        history = self._check_same_space(history)
+        self.resume = SweepResume(self.journal, self.search, self.sweep_dir)
         self.journal.append({"event": "start", **self.search.describe(), "budget": self.search.budget,
                              "launcher": self.pool.describe(), "time": now()})
 
-        self.asked_overrides = {e["number"]: e["overrides"] for e in history if e["event"] == "ask"}
-        # every trial asked before runs again, in ask order: the trial reads a finished result back
-        self.relaunch = deque(sorted(self.asked_overrides))
-        self.next_number = max(self.asked_overrides, default=-1) + 1
+        self.next_number = self.resume.next_number
         self.points: dict[int, Point] = {}
-        self.told_losses: dict[int, float] = {}  # what the optimizer was last told for each trial
+        self.told = Told()  # what the optimizer was last told for each trial
         self.running: dict[int, float] = {}
-        self.asked = self.done = self.told = self.failures = 0
-        self.best: tuple[float, int] | None = None
-        self.best_loss: tuple[float, int] | None = None
-        self.durations: list[float] = []
+        self.failures = 0
+        self.progress = SweepProgress(self.in_flight)
         self.returns: list[JobReturn] = []
         self.stop: Outcome | None = None
         self.lost_error: str | None = None
         self.validated = False
-        self.started = time.monotonic()
 
-        if self.asked_overrides:
+        asked_before = len(self.resume.asked_overrides)
+        if asked_before:
             log.info("Resuming the sweep in %s: %d trial(s) asked before; each runs again (a finished one is read "
-                     "back, an unfinished one resumes from its checkpoint)", self.sweep_dir, len(self.asked_overrides))
+                     "back, an unfinished one resumes from its checkpoint)", self.sweep_dir, asked_before)
         log.info("Sweep %s: %d trial(s) of %s, %d at a time, %s", self.sweep_dir,
-                 max(self.search.budget, len(self.asked_overrides)), self._what(), self.in_flight,
-                 self.pool.describe())
-        self._replay(history)
+                 max(self.search.budget, asked_before), self._what(), self.in_flight, self.pool.describe())
+        self.asked = self.resume.replay(self.points, self.told)
+        # then on as the stopped sweep would have gone: the slots that were free ask their next points first
+        for _ in range(max(0, self.in_flight - self.resume.in_flight(self.told))):
+            if not self._ask_new():
+                break
         while True:
             self._launch()
             if not self.running and (self.stop is not None or self._nothing_left()):
@@ -166,66 +132,14 @@ class StreamingSweeper:
                 f"{objective.get('metric', 'the objective')}")
 
     def _nothing_left(self) -> bool:
-        return not self.relaunch and self.asked >= self.search.budget
-
-    def _check_same_space(self, history: list[dict]) -> list[dict]:
-        """The history to resume from: refused if it searched another space, empty if none of its
-        trials ever started (its first config did not compose: nothing to resume)."""
-        starts = [e for e in history if e["event"] == "start"]
-        if not starts:
-            return history
-        if not any(e["event"] in ("validated", "job", "tell") for e in history):
-            log.info("no trial of the sweep in %s ever started: it starts afresh (its journal is kept as %s)",
-                     self.sweep_dir, self.journal.set_aside().name)
-            return []
-        before, now_space = starts[0], self.search.describe()
-        if (before["kind"], before["space"]) != (now_space["kind"], now_space["space"]):
-            raise ConfigError(
-                f"hydra.sweep.dir={self.sweep_dir} holds a {before['kind']} sweep over {before['space']}, not a "
-                f"{now_space['kind']} sweep over {now_space['space']}: run it with the same search space and "
-                f"arguments to resume it, or choose another hydra.sweep.dir")
-        return history
+        return not self.resume.relaunch and self.asked >= self.search.budget
 
     # ------------------------------------------------------------------ ask, launch
-    def _replay(self, history: list[dict]) -> None:
-        """Ask and tell the optimizer what the journal says it was asked and told, in that order: it
-        reaches the state it had, whatever order the relaunched trials end in. Then go on as the
-        stopped sweep would have: its free slots ask their next points first."""
-        mismatch_warned = False
-        for event in history:
-            number = event.get("number")
-            if event["event"] == "ask":
-                point = self.search.ask()
-                if point.overrides != event["overrides"]:
-                    if not mismatch_warned:
-                        log.warning("the optimizer asks other points than the sweep being resumed asked (no "
-                                    "hydra.sweeper.optim.seed, or other optimizer settings): its trials keep the "
-                                    "points they had")
-                        mismatch_warned = True
-                    point = self.search.recorded(event["overrides"], event.get("value"))
-                self.points[number] = point
-                self.asked += 1
-            elif event["event"] == "tell":
-                loss = math.inf if event.get("loss") is None else event["loss"]
-                self.search.tell(self.points[number], loss)
-                self._count_told(number, loss)
-        # when it stopped, the trials it had not been told about were in flight; the other slots were free
-        untold = len(set(self.asked_overrides) - set(self.told_losses))
-        for _ in range(max(0, self.in_flight - untold)):
-            if not self._ask_new():
-                break
-
-    def _count_told(self, number: int, loss: float) -> None:
-        self.told_losses[number] = loss
-        self.told += 1
-        if self.best_loss is None or loss < self.best_loss[0]:
-            self.best_loss = (loss, number)
-
     def _launch(self) -> None:
         while len(self.running) < self.in_flight and self.stop is None:
-            if self.relaunch:
-                number = self.relaunch.popleft()
-                self._submit(number, self.asked_overrides[number])
+            if self.resume.relaunch:
+                number = self.resume.relaunch.popleft()
+                self._submit(number, self.resume.asked_overrides[number])
             elif not self._ask_new():
                 return  # the budget is used
 
@@ -264,60 +178,34 @@ class StreamingSweeper:
         if self.stop is not None:
             return  # stopped on a failure: trials that end now were interrupted, and say so themselves
         outcome = self._outcome(finished)
-        self.done += 1
         if outcome.job_return is not None:
             self.returns.append(outcome.job_return)
-        if outcome.objective is not None and outcome.status != "failed" and (
-                self.best is None or (outcome.objective > self.best[0] if outcome.goal == "maximize"
-                                      else outcome.objective < self.best[0])):
-            self.best = (outcome.objective, outcome.number)
-        if outcome.duration_s:
-            self.durations.append(outcome.duration_s)
-        budget = max(self.search.budget, self.asked)
-        remaining = budget - self.done
-        eta = (remaining * sum(self.durations) / len(self.durations) / self.in_flight) if self.durations else None
-        log.info(status_line(outcome.number, outcome.status, outcome.metric, outcome.objective, self.best, len(self.running),
-                             self.done, budget, time.monotonic() - self.started, eta if remaining else 0.0))
+        log.info(self.progress.finished(outcome, len(self.running), max(self.search.budget, self.asked)))
         # a trial relaunched by a resume that ends as it had is not told twice
-        if self.told_losses.get(outcome.number) != outcome.loss:
+        if self.told.losses.get(outcome.number) != outcome.loss:
             self._tell(outcome)
         if outcome.failed_job:
             self.failures += 1
             rate = self.optim.max_failure_rate if self.kind == "nevergrad" else 0.0
-            if self.failures / max(self.told, 1) > rate:
+            if self.failures / max(self.told.count, 1) > rate:
                 self._stop_on(outcome)
 
     def _outcome(self, finished) -> Outcome:
-        if finished.lost is not None:
-            run_dir = self._record_lost(finished)
-            log.error("trial %d is recorded failed: %s", finished.number, finished.lost)
-            outcome = Outcome(finished.number, None, "failed", math.inf, None, None, None, None, failed_job=False)
-            if self.config.get("fail_fast", False):
-                self.lost_error = f"trial {finished.number} ({run_dir}): {finished.lost}"
-                self._stop_on(outcome)
-            return outcome
-        ret = finished.job_return
-        if ret.status != JobStatus.COMPLETED:
-            return Outcome(finished.number, ret, "failed", math.inf, None, None, None, None, failed_job=True)
-        result = (read_result(finished.run_dir) or {}) if finished.run_dir else {}
-        objective = result.get("objective") or {}
-        value = ret.return_value
-        loss = math.inf
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            loss = -float(value) if self._maximize(objective.get("goal")) else float(value)
-        return Outcome(finished.number, ret, result.get("status", "completed"), loss, objective.get("metric"),
-                       objective.get("value"), objective.get("goal"), result.get("duration_s"), failed_job=False)
-
-    def _maximize(self, goal: str | None) -> bool:
-        if self.kind == "nevergrad":
-            return bool(self.optim.maximize)
-        return goal == "maximize"
+        if finished.lost is None:
+            return returned_outcome(finished, bool(self.optim.maximize) if self.kind == "nevergrad" else None)
+        run_dir = record_lost(self.hydra_context.config_loader, self.config, finished)
+        log.error("trial %d is recorded failed: %s", finished.number, finished.lost)
+        outcome = Outcome.failed(finished.number, None, failed_job=False)
+        if self.config.get("fail_fast", False):
+            self.lost_error = f"trial {finished.number} ({run_dir}): {finished.lost}"
+            self._stop_on(outcome)
+        return outcome
 
     def _tell(self, outcome: Outcome) -> None:
         self.journal.append({"event": "tell", "number": outcome.number, "status": outcome.status,
                              "loss": None if math.isinf(outcome.loss) else outcome.loss, "time": now()})
         self.search.tell(self.points[outcome.number], outcome.loss)
-        self._count_told(outcome.number, outcome.loss)
+        self.told.add(outcome.number, outcome.loss)
 
     def _stop_on(self, outcome: Outcome) -> None:
         """No new trials; the running ones save a checkpoint and stop (they resume when the sweep runs again)."""
@@ -332,34 +220,11 @@ class StreamingSweeper:
             self.stop.job_return.return_value  # Hydra's way: prints the job's overrides, raises its error
         raise RunnerError(f"fail_fast: {self.lost_error}")
 
-    # ------------------------------------------------------------------ run folders
-    def _compose_run_dir(self, number: int, overrides: list[str]) -> tuple[Path, DictConfig]:
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(cfg):
-            cfg.hydra.job.num = number
-        return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir), cfg
-
-    def _record_lost(self, finished) -> Path:
-        """A trial whose process or job ended without a result: its result.json says failed and why
-        (what it had recorded is kept; its checkpoints stay, so running the sweep again resumes it)."""
-        run_dir, cfg = self._compose_run_dir(finished.number, finished.overrides)
-        result = read_result(run_dir) or {
-            "objective": {"metric": cfg.objective.metric, "goal": cfg.objective.goal, "value": None, "epoch": None,
-                          "last": None},
-            "epochs": 0,
-            "overrides": list(finished.overrides),
-            "run_dir": str(run_dir.resolve()),
-            "started_at": None,
-        }
-        result.update(status="failed", reason=finished.lost, finished_at=now())
-        write_json_atomic(run_dir / "result.json", result)
-        return run_dir
-
     def _write_results(self) -> None:
-        log.info("Sweep done: %d trial(s) in %s", self.done, _clock(time.monotonic() - self.started))
-        if self.kind != "nevergrad" or self.best_loss is None or math.isinf(self.best_loss[0]):
+        log.info(self.progress.ended())
+        if self.kind != "nevergrad" or self.told.best is None or math.isinf(self.told.best[0]):
             return
-        loss, number = self.best_loss
+        loss, number = self.told.best
         direction = -1.0 if self.optim.maximize else 1.0
         OmegaConf.save(OmegaConf.create({
             "name": "nevergrad",

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from runner.errors import RunnerError
-from runner.results import git_state, now, write_json_atomic, write_metrics
+from runner.results import blank_result, git_state, now, write_json_atomic, write_metrics
 from runner.run.callbacks.base import Callback
 
 INTERRUPTED_REASON = "stopped by a signal; run again to resume"
@@ -28,32 +28,12 @@ class ResultRecord(Callback):
         self.run_dir = run_dir = context.run_dir
         self.started = time.monotonic()
         self.columns: list[str] = []
-        self.result: dict[str, Any] = {
-            "status": "running",
-            "reason": None,
-            "objective": {"metric": cfg.objective.metric, "goal": cfg.objective.goal,
-                          "value": None, "epoch": None, "last": None},
-            "final_metrics": {},
-            "best_metrics": {},
-            # filled by the test stage when the run ends: the best checkpoint on the test split
-            "test_metrics": None,
-            "test_epoch": None,
-            "epochs": 0,
-            "max_epochs": cfg.trainer.max_epochs,
-            "steps": 0,
-            "duration_s": 0.0,
-            "overrides": list(context.overrides),
-            "run_dir": str(run_dir),
-            # the folder the run was started from and the command that runs it again from there
-            "started_in": str(context.started_in) if context.started_in else None,
-            "command": context.command,
-            # the runner's own commit, and the state of the user's project (the folder started from)
-            "git_commit": git_state(Path(__file__).parent)["commit"],
-            "project_git": git_state(context.started_in) if context.started_in else None,
-            "started_at": now(),
-            "finished_at": None,
-            "pruned_at_epoch": None,
-        }
+        self.result: dict[str, Any] = blank_result(
+            metric=cfg.objective.metric, goal=cfg.objective.goal, overrides=context.overrides, run_dir=run_dir,
+            max_epochs=cfg.trainer.max_epochs,
+            started_in=str(context.started_in) if context.started_in else None, command=context.command,
+            git_commit=git_state(Path(__file__).parent)["commit"],
+            project_git=git_state(context.started_in) if context.started_in else None, started_at=now())
         self.written = False  # runner.run.train writes a fresh run's record at once, a resumed run's once it resumed
 
     def write(self) -> None:
