@@ -96,6 +96,12 @@ class _Output:
             os.close(saved)
 
 
+def _plain(config):
+    from omegaconf import OmegaConf
+
+    return None if config is None else OmegaConf.to_container(config, resolve=False)
+
+
 def run(conn: Connection, boot_file: Path) -> int:
     import cloudpickle
     from hydra.core.singleton import Singleton
@@ -146,7 +152,11 @@ def run(conn: Connection, boot_file: Path) -> int:
             result = ("completed", ret.return_value)
         run_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg is not None else None
         stray = [t.name for t in baseline.stray_threads()]
-        conn.send(("done", number, result, run_dir, resident_bytes(), stray))
+        # what Hydra's launchers give back with every job: its task config, Hydra config, folder and name
+        # (as plain containers: a config holding the job's runtime objects need not pickle)
+        job = {"cfg": _plain(ret.cfg), "hydra_cfg": _plain(ret.hydra_cfg), "working_dir": ret.working_dir,
+               "task_name": ret.task_name}
+        conn.send(("done", number, result, run_dir, resident_bytes(), stray, job))
         if stray:
             return 0  # a thread the trial left running would run on into the next trial: be replaced
 

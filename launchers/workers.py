@@ -273,10 +273,11 @@ class WorkerPool(TrialPool):
         if kind == "ready":
             worker.pid = message[1]
         elif kind == "done":
-            _, number, (status, value), run_dir, rss, stray = message
+            _, number, (status, value), run_dir, rss, stray, job = message
             number, overrides = worker.trial
             worker.trial, worker.trials = None, worker.trials + 1
-            self.finished.append(Finished(number, overrides, self._job_return(overrides, status, value), run_dir=run_dir))
+            self.finished.append(Finished(number, overrides, self._job_return(overrides, status, value, job),
+                                          run_dir=run_dir))
             if stray:
                 worker.retire = f"the trial left thread(s) running: {', '.join(stray)}"
             elif rss > self.max_rss:
@@ -333,12 +334,15 @@ class WorkerPool(TrialPool):
                 worker.process.kill()
 
     @staticmethod
-    def _job_return(overrides: list[str], status: str, value: Any) -> JobReturn:
+    def _job_return(overrides: list[str], status: str, value: Any, job: dict[str, Any]) -> JobReturn:
         if status == "failed":
             name, message, compact = value
-            return failed_return(overrides, TrialError(message if compact else f"{name}: {message}"))
-        ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
-        ret.return_value = value
+            ret = failed_return(overrides, TrialError(message if compact else f"{name}: {message}"))
+        else:
+            ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+            ret.return_value = value
+        ret.cfg, ret.hydra_cfg = (None if job[key] is None else OmegaConf.create(job[key]) for key in ("cfg", "hydra_cfg"))
+        ret.working_dir, ret.task_name = job["working_dir"], job["task_name"]
         return ret
 
     def interrupt(self) -> None:
