@@ -33,8 +33,8 @@ class SharedLog:
     locks that the server arbitrates between nodes. Unlike an O_EXCL marker file
     (SoftFileLock), the kernel drops it when its holder dies, and SLURM kills jobs (time limits,
     preemption) at any moment: a marker left behind would hang every later trial. Where the
-    filesystem has no flock at all (Lustre mounted without `-o flock`), filelock 4 (installed here)
-    falls back to a marker by itself; filelock 3 raises NotImplementedError, and we fall back then.
+    filesystem has no flock at all (Lustre mounted without `-o flock`), filelock (3.24 and later, the
+    declared floor) falls back to a marker by itself, with a warning.
     The file is opened after the lock is taken and closed (after fsync) before it is released:
     NFS close-to-open consistency then shows every reader every line written before.
     """
@@ -46,13 +46,9 @@ class SharedLog:
     @contextmanager
     def locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock: filelock.BaseFileLock = filelock.FileLock(self.lock_path, timeout=LOCK_TIMEOUT_S)
+        lock = filelock.FileLock(self.lock_path, timeout=LOCK_TIMEOUT_S)
         try:
-            try:
-                lock.acquire()
-            except NotImplementedError:
-                lock = filelock.SoftFileLock(self.lock_path, timeout=LOCK_TIMEOUT_S)
-                lock.acquire()
+            lock.acquire()
         except filelock.Timeout as error:
             raise TrialFailed(
                 f"waited {LOCK_TIMEOUT_S:g} s for the lock {self.lock_path}; if no trial of "
