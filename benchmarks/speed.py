@@ -324,7 +324,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def first_step_s(run_dir: Path, t0: float) -> float | None:
     """Seconds from process start to the first step's log line (logger.console, log_every_n_steps)."""
     for line in (run_dir / "runner.log").read_text().splitlines():
-        if "[components.loggers]" in line and "] - step " in line:
+        if "[components.loggers.console]" in line and "] - step " in line:
             stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
             return stamp.timestamp() - t0
     return None

@@ -105,7 +105,7 @@ def test_a_resume_below_the_epochs_done_is_refused(compose_cfg, tmp_path):
     (["loss=multi_margin", "+loss.criterion.p=3"], "could not build loss (torch.nn.MultiMarginLoss): ValueError: only p == 1 and p == 2 supported"),
     (["optimizer=sgd", "optimizer.momentum=-0.5"], "could not build optimizer (torch.optim.SGD): ValueError: Invalid momentum value: -0.5"),
     (["scheduler=onecycle", "scheduler.fn.pct_start=2.0"], "could not build scheduler (torch.optim.lr_scheduler.OneCycleLR): ValueError"),
-    (["logger=csv", "logger.csv.filename=no/such/folder/scalars.csv"], "could not build logger.csv (components.loggers.CSVLogger): FileNotFoundError"),
+    (["logger=csv", "logger.csv.filename=no/such/folder/scalars.csv"], "could not build logger.csv (components.loggers.csv_logs.CSVLogger): FileNotFoundError"),
     (["+callbacks.keep={_target_: components.callbacks.EpochCheckpoints, every_n_epochs: 0}"],
      "could not build callbacks.keep (components.callbacks.EpochCheckpoints): ValueError: every_n_epochs=0 must be an int >= 1"),
 ])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -302,6 +303,35 @@ def test_wandb_offline_run_holds_scalars_config_summary_images_histograms_and_re
     cfg = compose_cfg([*overrides, f"paths.output_dir={outputs}"])
     assert summary["config"]["optimizer.lr"] == cfg.optimizer.lr
     assert set(summary["config"]) == set(flat_hparams(cfg))
+
+
+def test_logging_media_leaves_the_matplotlib_backend_a_user_chose(outputs, tmp_path):
+    """A run inside a user's process (a notebook, a script with its own plots) must not switch its
+    backend: the loggers draw on Figure objects of their own, never through pyplot."""
+    probe = textwrap.dedent(f"""
+        import matplotlib, torch
+        from matplotlib.figure import Figure
+        from components.loggers import CSVLogger, ConsoleLogger, MLflowLogger, TensorBoardLogger, WandbLogger
+
+        run_dir = {str(tmp_path / "run")!r}
+        figure = Figure()
+        figure.subplots().plot([0, 1], [1, 0])
+        for logger in (TensorBoardLogger(run_dir), CSVLogger(run_dir), ConsoleLogger(run_dir),
+                       MLflowLogger(run_dir, tracking_uri="sqlite:///{outputs / 'mlflow.db'}"), WandbLogger(run_dir)):
+            logger.log_metrics({{"val/acc": 0.5}}, 1)
+            logger.log_images("val/predictions", torch.rand(3, 1, 8, 8), ["0 (true 0) ✓", "1 (true 2) ✗", "2 ✓"], 1)
+            logger.log_figure("val/confusion_matrix", figure, 1)
+            logger.set_status("completed", None)
+            logger.close()
+        print("backend:", matplotlib.get_backend())
+    """)
+    (tmp_path / "run").mkdir()
+    # svg: a non-interactive backend other than Agg, importable without a display
+    env = {**os.environ, "MPLBACKEND": "svg", "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "backend: svg", done.stdout + done.stderr
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 # ---------------------------------------------------------------- sweeps, the report, the CLI

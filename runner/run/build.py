@@ -19,7 +19,7 @@ from runner.errors import ConfigError, DataError
 # config groups whose nodes the runner instantiates
 GROUPS = ("dataset", "model", "task", "loss", "optimizer", "scheduler", "logger", "callbacks")
 # what the runner passes itself: loggers get `run_dir` and `start_step`, and `sweep_dir`, `hparams`
-# and `choices` if they name them (components/loggers.py)
+# and `choices` if they name them (components/loggers/__init__.py)
 RUNNER_SUPPLIED = {"logger": {"run_dir", "start_step", "sweep_dir", "hparams", "choices"}, "optimizer": {"params"},
                    "scheduler": {"optimizer", "steps_per_epoch"}}
 SIMPLE_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
