@@ -21,16 +21,16 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait as wait_for_any
 from pathlib import Path
 from typing import Any, Sequence
 
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf
 
+from launchers.worker_io import job_return, write_boot_file
 from launchers.pools import Finished, TrialError, TrialPool, failed_return
 from runner.errors import ConfigError
 
@@ -121,6 +121,35 @@ class Worker:
     log_file: Any = None
 
 
+def checked_limits(settings: DictConfig, slots: int) -> int:
+    """The launcher's per-worker limits, refused clearly when out of range; returns the memory cap in bytes."""
+    per_worker = settings.max_trials_per_worker
+    if per_worker is not None and not (isinstance(per_worker, int) and per_worker >= 1):
+        raise ConfigError(f"hydra.launcher.max_trials_per_worker must be a positive integer or null, got {per_worker}")
+    if not settings.timeout_min > 0:
+        raise ConfigError(f"hydra.launcher.timeout_min must be a positive number of minutes, got {settings.timeout_min}")
+    limit = settings.worker_max_rss_gb
+    if limit is None:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // slots
+    if not limit > 0:
+        raise ConfigError(f"hydra.launcher.worker_max_rss_gb must be a positive number of GB or null, got {limit}")
+    return int(limit * 2**30)
+
+
+def start_worker(slot: Slot, log_path: Path, boot_file: Path) -> Worker:
+    """A worker process on `slot`, talking over a socket pair, its output in `log_path`."""
+    ours, theirs = socket.socketpair()
+    log_file = open(log_path, "ab")
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "launchers.worker", str(theirs.fileno()), str(boot_file)],
+            pass_fds=[theirs.fileno()], env=slot.environment(dict(os.environ)), stdin=subprocess.DEVNULL,
+            stdout=log_file, stderr=subprocess.STDOUT)
+    finally:
+        theirs.close()
+    return Worker(slot, process, Connection(ours.detach()), log_file=log_file)
+
+
 @dataclass
 class WorkerPool(TrialPool):
     """Warm workers, one per slot, fed one trial at a time."""
@@ -140,19 +169,7 @@ class WorkerPool(TrialPool):
     def __post_init__(self):
         self.slots = make_slots(self.settings.cpus_per_task, self.settings.gpus)
         self.capacity = len(self.slots)
-        limit = self.settings.worker_max_rss_gb
-        if limit is None:
-            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            self.max_rss = memory // len(self.slots)
-        elif not limit > 0:
-            raise ConfigError(f"hydra.launcher.worker_max_rss_gb must be a positive number of GB or null, got {limit}")
-        else:
-            self.max_rss = int(limit * 2**30)
-        per_worker = self.settings.max_trials_per_worker
-        if per_worker is not None and not (isinstance(per_worker, int) and per_worker >= 1):
-            raise ConfigError(f"hydra.launcher.max_trials_per_worker must be a positive integer or null, got {per_worker}")
-        if not self.settings.timeout_min > 0:
-            raise ConfigError(f"hydra.launcher.timeout_min must be a positive number of minutes, got {self.settings.timeout_min}")
+        self.max_rss = checked_limits(self.settings, len(self.slots))
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
 
     def describe(self) -> str:
@@ -165,41 +182,13 @@ class WorkerPool(TrialPool):
         self.size = max(1, min(size, self.capacity))
         if self.boot_file is None:
             check_preload(list(self.settings.preload or []))
-            self._write_boot_file()
+            self.boot_file = write_boot_file(self.sweep_dir / WORKERS_DIR, self.hydra_context, self.task_function,
+                                             self.config, list(self.settings.preload or []))
         while len(self.workers) < self.size:
             self._start_worker(self.slots[len(self.workers)])
 
-    def _write_boot_file(self) -> None:
-        import cloudpickle
-        from hydra.core.singleton import Singleton
-
-        output_dir = self.sweep_dir / WORKERS_DIR
-        output_dir.mkdir(parents=True, exist_ok=True)
-        boot = {
-            "hydra_context": self.hydra_context,
-            "task_function": self.task_function,
-            "config": self.config,
-            "singleton_state": Singleton.get_state(),
-            "preload": list(self.settings.preload or []),
-            "output_dir": str(output_dir),
-        }
-        fd, path = tempfile.mkstemp(prefix="boot-", suffix=".pkl", dir=output_dir)
-        with os.fdopen(fd, "wb") as f:
-            cloudpickle.dump(boot, f)
-        self.boot_file = Path(path)
-
     def _start_worker(self, slot: Slot) -> Worker:
-        ours, theirs = socket.socketpair()
-        log_path = self.sweep_dir / WORKERS_DIR / f"worker-{slot.index}.log"
-        log_file = open(log_path, "ab")
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "launchers.worker", str(theirs.fileno()), str(self.boot_file)],
-                pass_fds=[theirs.fileno()], env=slot.environment(dict(os.environ)), stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=subprocess.STDOUT)
-        finally:
-            theirs.close()
-        worker = Worker(slot, process, Connection(ours.detach()), log_file=log_file)
+        worker = start_worker(slot, self.sweep_dir / WORKERS_DIR / f"worker-{slot.index}.log", self.boot_file)
         self.workers.append(worker)
         return worker
 
@@ -276,7 +265,7 @@ class WorkerPool(TrialPool):
             _, number, (status, value), run_dir, rss, stray, job = message
             number, overrides = worker.trial
             worker.trial, worker.trials = None, worker.trials + 1
-            self.finished.append(Finished(number, overrides, self._job_return(overrides, status, value, job),
+            self.finished.append(Finished(number, overrides, job_return(overrides, status, value, job),
                                           run_dir=run_dir))
             if stray:
                 worker.retire = f"the trial left thread(s) running: {', '.join(stray)}"
@@ -332,18 +321,6 @@ class WorkerPool(TrialPool):
                 worker.stop_sent = now
             elif worker.stop_sent is not None and now - worker.stop_sent > STOP_GRACE_S:
                 worker.process.kill()
-
-    @staticmethod
-    def _job_return(overrides: list[str], status: str, value: Any, job: dict[str, Any]) -> JobReturn:
-        if status == "failed":
-            name, message, compact = value
-            ret = failed_return(overrides, TrialError(message if compact else f"{name}: {message}"))
-        else:
-            ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
-            ret.return_value = value
-        ret.cfg, ret.hydra_cfg = (None if job[key] is None else OmegaConf.create(job[key]) for key in ("cfg", "hydra_cfg"))
-        ret.working_dir, ret.task_name = job["working_dir"], job["task_name"]
-        return ret
 
     def interrupt(self) -> None:
         # trials still queued never start; the sweep hears of them as it hears of every other
