@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/python -m runner $(ARGS)
 
+# the slowest 20 tests printed last: the ones to shrink when the suite grows
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(ARGS)
+	$(VENV)/bin/python -m pytest --durations=20 $(ARGS)
 
 # the in-process part: composed configs, no CLI subprocess, no SLURM (about 2 minutes)
 test-fast: $(STAMP)

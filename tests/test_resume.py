@@ -169,12 +169,12 @@ def test_four_processes_building_one_uncached_dataset_decode_it_once(tmp_path):
     script = textwrap.dedent(f"""
         import hashlib, time
         from pathlib import Path
-        from components.datasets import _cached
+        from components.datasets.cache import cached
         from tests.test_resume import slow_decode
         root = {str(tmp_path / "data")!r}
         while not Path({str(start)!r}).exists():
             time.sleep(0.005)
-        tensors = _cached(root, "shared", lambda: slow_decode(root))
+        tensors = cached(root, "shared", lambda: slow_decode(root))
         print(hashlib.sha256(tensors["inputs"].numpy().tobytes()).hexdigest())
     """)
     (tmp_path / "data").mkdir()
