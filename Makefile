@@ -4,6 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 ARGS ?=
+# test processes: run one at a time, the suite keeps one of two cores busy (it waits on subprocesses,
+# SLURM queues and sockets)
+TEST_WORKERS ?= 2
+PYTEST := $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: run test test-fast bench clean-venv
 
@@ -19,11 +23,11 @@ run: $(STAMP)
 
 # the slowest 20 tests printed last: the ones to shrink when the suite grows
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest --durations=20 $(ARGS)
+	$(PYTEST) --durations=20 $(ARGS)
 
 # the in-process part: composed configs, no CLI subprocess, no SLURM (about 2 minutes)
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not e2e and not slurm" $(ARGS)
+	$(PYTEST) -m "not e2e and not slurm" $(ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/speed.py $(ARGS)

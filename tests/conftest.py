@@ -14,6 +14,13 @@ from omegaconf import DictConfig
 
 import runner  # noqa: F401  (registers the resolvers the configs use)
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # `make test` runs two test processes: each trains in-process on its share of the cores, not on all
+    # of them at once (the CLI's subprocesses pick their own threads, as a user's would)
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 # small and quick: synthetic images, one short epoch, nothing written but result files
@@ -109,3 +116,14 @@ def mnist_root(tmp_path) -> Path:
             write_idx_images(raw / f"{split}-images-idx3-ubyte", images)
             write_idx_labels(raw / f"{split}-labels-idx1-ubyte", labels)
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that runs the CLI is an e2e test. Under `pytest -n 2` (make test), the SLURM tests share one
+    worker, one after another: they share the one-machine cluster, whose CPUs and preemptions each of them
+    counts on having to itself."""
+    for item in items:
+        if "run_cli" in item.fixturenames:
+            item.add_marker(pytest.mark.e2e)  # it runs the real CLI: not part of `make test-fast`
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.xdist_group("slurm"))

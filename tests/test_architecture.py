@@ -5,6 +5,7 @@ outgrows one job. Every import counts, also one inside a function."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,12 @@ def test_no_module_or_class_outgrows_one_job(package):
             if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
                 too_long.append(f"{name}.{node.name}: class of {node.end_lineno - node.lineno + 1} lines")
     assert too_long == [], f"over {MAX_MODULE_LINES} lines a module or {MAX_CLASS_LINES} a class"
+
+
+def test_the_architecture_page_lists_every_module():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", page, flags=re.MULTILINE))
+    present = {str(path.relative_to(REPO)) for package in ("runner", "components", "launchers")
+               for path in modules(package).values()}
+    assert not present - listed, f"add to docs/architecture.md's module table: {sorted(present - listed)}"
+    assert not listed - present, f"docs/architecture.md lists modules that are gone: {sorted(listed - present)}"

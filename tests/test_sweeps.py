@@ -193,9 +193,9 @@ def test_sweep_killed_with_sigkill_resumes_without_retraining_finished_trials(tm
 @pytest.mark.e2e
 def test_resumed_nevergrad_sweep_asks_the_same_points_and_finds_the_same_best(tmp_path):
     env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
-    base = [sys.executable, "-m", "runner", "--multirun", "sweep=nevergrad", "hydra.sweeper.optim.budget=6",
+    base = [sys.executable, "-m", "runner", "--multirun", "sweep=nevergrad", "hydra.sweeper.optim.budget=5",
             "hydra.sweeper.optim.num_workers=2", "hydra.sweeper.optim.seed=3", "dataset=synthetic",
-            "dataset.num_train=512", "trainer.max_epochs=3", "trainer.batch_size=16", "trainer.deterministic=true",
+            "dataset.num_train=256", "trainer.max_epochs=2", "trainer.batch_size=16", "trainer.deterministic=true",
             "logger=none"]
     whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
     subprocess.run([*base, f"hydra.sweep.dir={whole_dir}"], cwd=REPO, env=env, check=True,
@@ -289,7 +289,7 @@ def test_a_killed_parallel_sweep_resumes_to_the_same_trials_and_best(tmp_path):
     env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
     base = [sys.executable, "-m", "runner", "--multirun", *two_slots(), "sweep=random", "hydra.sweeper.optim.budget=6",
             "hydra.sweeper.optim.num_workers=2", "hydra.sweeper.optim.seed=5", "dataset=synthetic",
-            "dataset.num_train=512", "trainer.max_epochs=3", "trainer.batch_size=16", "trainer.deterministic=true",
+            "dataset.num_train=256", "trainer.max_epochs=2", "trainer.batch_size=16", "trainer.deterministic=true",
             "logger=none"]
     whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
     subprocess.run([*base, f"hydra.sweep.dir={whole_dir}"], cwd=REPO, env=env, check=True, capture_output=True,
