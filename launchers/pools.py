@@ -8,16 +8,17 @@ the next. A pool is that interface over each launcher:
 - WorkerPool (launchers/workers.py): `hydra/launcher=parallel`, warm worker processes;
 - SubmititPool: hydra-submitit-launcher's launchers (`slurm`, `slurm_gpu`, `submitit_local`):
   one submitit job per trial, with every field the launcher config sets;
-- ThreadedPool: any other Hydra launcher, one `launch()` of one trial per thread.
+- ThreadedPool: any other Hydra launcher, one `launch()` of one trial on a thread of a ThreadPoolExecutor.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -213,39 +214,40 @@ class SubmititPool(TrialPool):
 
 
 class ThreadedPool(TrialPool):
-    """Any Hydra launcher: each trial is a launch() of one job, in a thread of its own."""
+    """Any Hydra launcher: each trial is a launch() of one job, on a thread of a ThreadPoolExecutor."""
 
     def __init__(self, launcher):
         self.launcher = launcher
-        self.done: list[Finished] = []
-        self.running = 0
-        self.changed = threading.Condition()
+        # a thread is started only when no idle one is left, so the sweeper's in-flight limit bounds
+        # the threads; the executor's own bound only has to be above any limit a sweep sets
+        self.executor = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="trial")
+        self.running: dict[Future, tuple[int, list[str]]] = {}
 
     def describe(self) -> str:
         return f"{type(self.launcher).__name__}, one launch per trial"
 
     def submit(self, number: int, overrides: Sequence[str]) -> None:
-        self.running += 1
-        threading.Thread(target=self._run, args=(number, list(overrides)), daemon=True,
-                         name=f"trial-{number}").start()
-
-    def _run(self, number: int, overrides: list[str]) -> None:
-        try:
-            (ret,) = self.launcher.launch([overrides], initial_job_idx=number)
-            finished = Finished.returned(number, overrides, ret)
-        except Exception as error:
-            finished = Finished(number, overrides, lost=f"the launcher failed: {error}\n{traceback.format_exc()}")
-        with self.changed:
-            self.done.append(finished)
-            self.changed.notify_all()
+        future = self.executor.submit(self.launcher.launch, [list(overrides)], initial_job_idx=number)
+        self.running[future] = (number, list(overrides))
 
     def wait(self, timeout: float | None) -> list[Finished]:
-        with self.changed:
-            if not self.done and self.running:
-                self.changed.wait(timeout)
-            finished, self.done = self.done, []
-        self.running -= len(finished)
-        return finished
+        if not self.running:
+            return []
+        ended, _ = futures_wait(self.running, timeout, return_when=FIRST_COMPLETED)
+        return [self._finished(future, *self.running.pop(future)) for future in ended]
+
+    @staticmethod
+    def _finished(future: Future, number: int, overrides: list[str]) -> Finished:
+        try:
+            (ret,) = future.result()
+        except Exception as error:
+            trace = "".join(traceback.format_exception(error))
+            return Finished(number, overrides, lost=f"the launcher failed: {error}\n{trace}")
+        return Finished.returned(number, overrides, ret)
+
+    def close(self) -> None:
+        # nothing new starts; a launch already running ends on its launcher (the process waits for it)
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def pool_for(launcher, hydra_context, task_function, config: DictConfig) -> TrialPool:

@@ -210,3 +210,19 @@ def test_any_other_launcher_runs_one_trial_per_launch_and_reports_each_as_it_end
     while len(ended) < 2:
         ended += [f.number for f in pool.wait(timeout=30)]
     assert sorted(ended) == [0, 2] and sorted(launcher.started) == [0, 1, 2]
+
+
+class FailingLauncher:
+    def launch(self, job_overrides, initial_job_idx):
+        raise RuntimeError(f"no cluster for job {initial_job_idx}")
+
+
+def test_a_launch_that_raises_is_a_lost_trial_with_the_launchers_error_and_the_pool_goes_on():
+    pool = pool_for(FailingLauncher(), hydra_context=None, task_function=None, config=None)
+    pool.submit(3, ["a=3"])
+    (finished,) = pool.wait(timeout=30)
+    assert finished.number == 3 and finished.job_return is None
+    assert finished.lost.startswith("the launcher failed: no cluster for job 3")
+    assert "Traceback" in finished.lost
+    assert pool.wait(timeout=0.01) == []  # nothing else in flight
+    pool.close()
