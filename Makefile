@@ -4,8 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 ARGS ?=
-# test processes: run one at a time, the suite keeps one of two cores busy (it waits on subprocesses,
-# SLURM queues and sockets)
+# test processes (pytest-xdist): one process keeps only about one of two cores busy, the suite waits
+# much of its time on subprocesses, SLURM queues and sockets; TEST_WORKERS=1 runs one
 TEST_WORKERS ?= 2
 PYTEST := $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
