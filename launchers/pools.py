@@ -227,8 +227,9 @@ class ThreadedPool(TrialPool):
         return f"{type(self.launcher).__name__}, one launch per trial"
 
     def submit(self, number: int, overrides: Sequence[str]) -> None:
-        future = self.executor.submit(self.launcher.launch, [list(overrides)], initial_job_idx=number)
-        self.running[future] = (number, list(overrides))
+        overrides = list(overrides)
+        future = self.executor.submit(self.launcher.launch, [overrides], initial_job_idx=number)
+        self.running[future] = (number, overrides)
 
     def wait(self, timeout: float | None) -> list[Finished]:
         if not self.running:
