@@ -294,8 +294,11 @@ def test_empty_sweep_dir_exits_1_with_a_clear_message(tmp_path):
 
 def watch_until(sweep_dir: Path, refreshes: int) -> tuple[str, str, int]:
     """Run --watch until it has drawn the table `refreshes` times, then Ctrl-C it."""
+    # started as a terminal starts it, with Ctrl-C at its default: in the full suite an earlier test leaves
+    # SIGINT ignored in the test process, and a child inherits that (it then never sees the Ctrl-C)
     process = subprocess.Popen([sys.executable, "-m", "runner.report", str(sweep_dir), "--watch", "0.2"], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         while sum("refreshing every 0.2s" in line for line in lines) < refreshes:
