@@ -56,6 +56,42 @@ def failed_return(overrides: Sequence[str], error: BaseException) -> JobReturn:
     return ret
 
 
+def submitit_executor(cluster: str, params: dict[str, Any]):
+    """A submitit executor from a hydra-submitit-launcher config's fields, translated into submitit's
+    parameters as that launcher's launch() does: its own fields as they are, the rest `<cluster>_<field>`."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    init = {"folder": params["submitit_folder"]}
+    if "max_num_timeout" in params:
+        init[f"{cluster}_max_num_timeout"] = params["max_num_timeout"]
+    executor = submitit.AutoExecutor(cluster=cluster, **init)
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in base else f"{cluster}_{key}": value for key, value in params.items()
+                                  if key not in ("submitit_folder", "max_num_timeout")})
+    return executor
+
+
+def launch_batch(pool: TrialPool, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """Hydra's Launcher.launch() on a pool, for Hydra's own sweepers: run a batch, wait for all of it.
+    A trial that comes back without a JobReturn (its worker died) is a failed one."""
+    numbers = [initial_job_idx + i for i in range(len(job_overrides))]
+    for number, overrides in zip(numbers, job_overrides):
+        log.info("\t#%d : %s", number, " ".join(overrides))
+        pool.submit(number, overrides)
+    returns: dict[int, JobReturn] = {}
+    try:
+        while len(returns) < len(numbers):
+            for finished in pool.wait(None):
+                returns[finished.number] = finished.job_return or failed_return(
+                    finished.overrides, TrialError(f"trial {finished.number}: {finished.lost}"))
+    except BaseException:
+        pool.close()
+        raise
+    return [returns[number] for number in numbers]
+
+
 class TrialPool(ABC):
     """Where a streaming sweep's trials run."""
 
@@ -145,26 +181,12 @@ class SubmititPool(TrialPool):
     POLL_S = 0.25
 
     def __init__(self, launcher):
-        import submitit
-        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-        from omegaconf import OmegaConf
-
         self.launcher = launcher
-        cluster = launcher._EXECUTOR
+        self.cluster = launcher._EXECUTOR
         params = dict(launcher.params)
-        # the same translation of the config into submitit's parameters as the launcher's launch()
-        init_keys = {"submitit_folder", "max_num_timeout"}
-        init = {"folder": params["submitit_folder"]}
-        if "max_num_timeout" in params:
-            init[f"{cluster}_max_num_timeout"] = params["max_num_timeout"]
-        self.executor = submitit.AutoExecutor(cluster=cluster, **init)
-        base = set(OmegaConf.structured(BaseQueueConf).keys())
         # one job per trial: the array's parallelism is this pool's capacity instead
-        parallelism = params.pop("array_parallelism", None)
-        self.executor.update_parameters(**{key if key in base else f"{cluster}_{key}": value
-                                           for key, value in params.items() if key not in init_keys})
-        self.cluster = cluster
-        self.capacity = parallelism
+        self.capacity = params.pop("array_parallelism", None)
+        self.executor = submitit_executor(self.cluster, params)
         self.jobs: dict[int, tuple[Any, list[str]]] = {}
 
     def describe(self) -> str:

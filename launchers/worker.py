@@ -102,24 +102,62 @@ def _plain(config):
     return None if config is None else OmegaConf.to_container(config, resolve=False)
 
 
+class BootedSweep:
+    """The sweep as a worker loads it once from its boot file (launchers.worker_io): Hydra's state, the
+    preloaded modules, and the process state every trial starts from. Used by this module's workers
+    and by the warm SLURM workers (launchers.slurm_worker)."""
+
+    def __init__(self, boot_file: Path):
+        import cloudpickle
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import setup_globals
+
+        from launchers.process_state import ProcessState
+
+        with open(boot_file, "rb") as f:
+            self.boot = cloudpickle.load(f)
+        Singleton.set_state(self.boot["singleton_state"])
+        setup_globals()
+        for module in self.boot["preload"]:
+            importlib.import_module(module)
+        self.output_dir = Path(self.boot["output_dir"])
+        self.baseline = ProcessState.capture()
+        # what is loaded now stays for good: the collection after each trial need not walk it again
+        gc.freeze()
+
+    def run(self, number: int, overrides: list[str], job_id: str) -> tuple:
+        """Run one trial from the baseline state, its output in OUTPUT_DIR/<number>.out, and put the
+        baseline back. Returns what launchers.worker_io.job_return rebuilds the JobReturn from:
+        (status, value), the trial's folder, this process's resident bytes, the threads it left
+        running, and its job description."""
+        from hydra.core.utils import JobStatus
+
+        from launchers.pools import run_trial
+
+        error_text = None
+        try:
+            with _Output(self.output_dir / f"{number}.out"):
+                print(f"=== trial {number}, worker pid {os.getpid()}: {' '.join(overrides)}", flush=True)
+                ret = run_trial(self.boot["hydra_context"], self.boot["task_function"], self.boot["config"], number,
+                                overrides, job_id=job_id)
+                if ret.status == JobStatus.FAILED:
+                    error = ret._return_value
+                    traceback.print_exception(error)
+                    error_text = (type(error).__name__, str(error), _is_compact(error))
+        finally:
+            self.baseline.restore()
+        result = ("failed", error_text) if ret.status == JobStatus.FAILED else ("completed", ret.return_value)
+        run_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg is not None else None
+        stray = [t.name for t in self.baseline.stray_threads()]
+        # what Hydra's launchers give back with every job: its task config, Hydra config, folder and name
+        # (as plain containers: a config holding the job's runtime objects need not pickle)
+        job = {"cfg": _plain(ret.cfg), "hydra_cfg": _plain(ret.hydra_cfg), "working_dir": ret.working_dir,
+               "task_name": ret.task_name}
+        return result, run_dir, resident_bytes(), stray, job
+
+
 def run(conn: Connection, boot_file: Path) -> int:
-    import cloudpickle
-    from hydra.core.singleton import Singleton
-    from hydra.core.utils import JobStatus, setup_globals
-
-    from launchers.pools import run_trial
-    from launchers.process_state import ProcessState
-
-    with open(boot_file, "rb") as f:
-        boot = cloudpickle.load(f)
-    Singleton.set_state(boot["singleton_state"])
-    setup_globals()
-    for module in boot["preload"]:
-        importlib.import_module(module)
-    output_dir = Path(boot["output_dir"])
-    baseline = ProcessState.capture()
-    # what is loaded now stays for good: the collection after each trial need not walk it again
-    gc.freeze()
+    sweep = BootedSweep(boot_file)
     conn.send(("ready", os.getpid()))
     while True:
         if termination.requested:
@@ -134,29 +172,8 @@ def run(conn: Connection, boot_file: Path) -> int:
         if message[0] == "stop":
             return 0
         _, number, overrides = message
-        error_text = None
-        try:
-            with _Output(output_dir / f"{number}.out"):
-                print(f"=== trial {number}, worker pid {os.getpid()}: {' '.join(overrides)}", flush=True)
-                ret = run_trial(boot["hydra_context"], boot["task_function"], boot["config"], number, overrides,
-                                job_id=f"{os.getpid()}_{number}")
-                if ret.status == JobStatus.FAILED:
-                    error = ret._return_value
-                    traceback.print_exception(error)
-                    error_text = (type(error).__name__, str(error), _is_compact(error))
-        finally:
-            baseline.restore()
-        if ret.status == JobStatus.FAILED:
-            result = ("failed", error_text)
-        else:
-            result = ("completed", ret.return_value)
-        run_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg is not None else None
-        stray = [t.name for t in baseline.stray_threads()]
-        # what Hydra's launchers give back with every job: its task config, Hydra config, folder and name
-        # (as plain containers: a config holding the job's runtime objects need not pickle)
-        job = {"cfg": _plain(ret.cfg), "hydra_cfg": _plain(ret.hydra_cfg), "working_dir": ret.working_dir,
-               "task_name": ret.task_name}
-        conn.send(("done", number, result, run_dir, resident_bytes(), stray, job))
+        result, run_dir, rss, stray, job = sweep.run(number, overrides, job_id=f"{os.getpid()}_{number}")
+        conn.send(("done", number, result, run_dir, rss, stray, job))
         if stray:
             return 0  # a thread the trial left running would run on into the next trial: be replaced
 

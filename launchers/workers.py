@@ -31,7 +31,7 @@ from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf
 
 from launchers.worker_io import job_return, write_boot_file
-from launchers.pools import Finished, TrialError, TrialPool, failed_return
+from launchers.pools import Finished, TrialPool, launch_batch
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -362,17 +362,4 @@ class ParallelLauncher:
         if not pool.workers:
             pool.start(pool.capacity)
             atexit.register(pool.close)
-        numbers = [initial_job_idx + i for i in range(len(job_overrides))]
-        for number, overrides in zip(numbers, job_overrides):
-            log.info("\t#%d : %s", number, " ".join(overrides))
-            pool.submit(number, overrides)
-        returns: dict[int, JobReturn] = {}
-        try:
-            while len(returns) < len(numbers):
-                for finished in pool.wait(None):
-                    returns[finished.number] = finished.job_return or failed_return(
-                        finished.overrides, TrialError(f"trial {finished.number}: {finished.lost}"))
-        except BaseException:
-            pool.close()
-            raise
-        return [returns[number] for number in numbers]
+        return launch_batch(pool, job_overrides, initial_job_idx)

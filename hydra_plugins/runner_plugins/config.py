@@ -1,4 +1,5 @@
-"""The typed schemas of the runner's sweepers and of the `parallel` launcher, registered with Hydra.
+"""The typed schemas of the runner's sweepers and of the `parallel` and `slurm_workers` launchers,
+registered with Hydra.
 
 `python -m runner -m sweep=nevergrad --cfg hydra -p hydra.sweeper` shows every field with its value;
 the presets in conf/hydra/sweeper/ and conf/hydra/launcher/parallel.yaml document them.
@@ -9,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_nevergrad_sweeper.config import OptimConf
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
 
 @dataclass
@@ -56,7 +58,28 @@ class ParallelLauncherConf:
     preload: List[str] = field(default_factory=list)
 
 
+@dataclass
+class SlurmWorkersLauncherConf(SlurmQueueConf):
+    """Warm SLURM worker jobs (each with the resources of hydra-submitit-launcher's fields) that take
+    the sweep's trials one after another from files in the sweep folder."""
+
+    _target_: str = "hydra_plugins.runner_plugins.launchers.SlurmWorkersLauncher"
+    # worker jobs at once (a job array); the sweep runs at most this many trials at a time
+    num_workers: int = 4
+    # a worker runs this many trials, then ends and a fresh job takes its place; null: no limit
+    max_trials_per_worker: Optional[int] = None
+    # a worker whose resident memory is above this after a trial ends and is replaced; null: no cap
+    worker_max_rss_gb: Optional[float] = None
+    # a trial whose worker has not renewed its lease for this long goes to another worker
+    lease_s: float = 60.0
+    # an idle worker ends when the sweep's process has been silent this long (killed, not restarted)
+    idle_timeout_min: float = 10.0
+    # modules each worker imports once, before its first trial
+    preload: List[str] = field(default_factory=list)
+
+
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="runner_grid", node=GridSweeperConf, provider="runner")
 store.store(group="hydra/sweeper", name="runner_ask_tell", node=AskTellSweeperConf, provider="runner")
 store.store(group="hydra/launcher", name="runner_parallel", node=ParallelLauncherConf, provider="runner")
+store.store(group="hydra/launcher", name="runner_slurm_workers", node=SlurmWorkersLauncherConf, provider="runner")

@@ -1,4 +1,5 @@
-"""The `parallel` launcher as a Hydra plugin: a thin shell around launchers.workers.ParallelLauncher."""
+"""The `parallel` and `slurm_workers` launchers as Hydra plugins: thin shells around launchers.workers and
+launchers.slurm_workers."""
 
 from typing import Any, Sequence
 
@@ -25,4 +26,22 @@ class ParallelLauncher(Launcher):
 
     def trial_pool(self) -> Any:
         """The pool the streaming sweepers feed one trial at a time (launchers.pools.TrialPool)."""
+        return self.impl.pool
+
+
+class SlurmWorkersLauncher(Launcher):
+    """Warm SLURM worker jobs that pull trials from the sweep folder, each running trial after trial."""
+
+    def __init__(self, **settings: Any) -> None:
+        from launchers.slurm_workers import SlurmWorkersLauncher as Impl
+
+        self.impl = Impl(**settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self.impl.launch(job_overrides, initial_job_idx)
+
+    def trial_pool(self) -> Any:
         return self.impl.pool
