@@ -121,17 +121,22 @@ class WorkerJobs:
         return ended
 
     def end(self, give_up_s: float) -> None:
-        """Cancel the jobs that never started (nothing is left for them) and wait for the others to exit."""
-        for job_id, job in list(self.jobs.items()):
-            if self.watcher().get_state(job_id, mode="force") == "PENDING":
-                job.cancel(check=False)
+        """Wait for every job to exit (an idle worker sees the queue closed at once). A job that never
+        started is cancelled now: there is nothing left for it. The others (one requeued after a
+        preemption, one finishing a trial's checkpoint) get `give_up_s`, then they are cancelled."""
         give_up = time.monotonic() + give_up_s
-        while self.jobs and time.monotonic() < give_up:
+        cancelled: set[str] = set()
+        while self.jobs:
+            for job_id, job in list(self.jobs.items()):
+                never_ran = not (self.queue.ready / job_id).exists()
+                late = time.monotonic() > give_up
+                if job_id not in cancelled and (late or (never_ran and self.watcher().get_state(job_id, mode="cache") == "PENDING")):
+                    log.info("worker job %s has not ended (%s): cancelled", job_id, self.watcher().get_state(job_id, mode="cache"))
+                    job.cancel(check=False)
+                    cancelled.add(job_id)
             self.ended(force=True)
             if self.jobs:
                 time.sleep(0.5)
-        if self.jobs:
-            log.warning("%d worker job(s) still in SLURM's queue: %s", len(self.jobs), " ".join(self.jobs))
 
 
 class SlurmWorkerPool(TrialPool):
@@ -291,7 +296,7 @@ class SlurmWorkerPool(TrialPool):
             self.interrupt()
         self.queue.mark("closed")
         # the command ends only when every worker job has: the idle ones see `closed` and exit
-        self.workers.end(give_up_s=self.settings.lease_s + 120)
+        self.workers.end(give_up_s=self.settings.lease_s)
         self.queue.unmark("driver")
         if self.boot_file is not None:
             self.boot_file.unlink(missing_ok=True)
