@@ -91,6 +91,8 @@ class SlurmWorker:
             if self.claim is None:
                 if queue.is_marked("closed"):
                     return f"ran {ran} trial(s); the sweep has ended"
+                if queue.is_marked("drain"):
+                    return f"ran {ran} trial(s); the sweep has launched its last trial"
                 silent = idle.silent_for(queue.root / "driver")
                 if silent is None or silent > self.settings["idle_timeout_min"] * 60:
                     return f"ran {ran} trial(s); the sweep's process is gone and nothing is pending"

@@ -156,7 +156,7 @@ class SlurmWorkerPool(TrialPool):
         self.attempts: Counter = Counter()
         self.heartbeats = Heartbeats()
         self.boot_file: Path | None = None
-        self.stopping = self.closing = False
+        self.stopping = self.closing = self.draining = False
         self.finished: list[Finished] = []
         self.beat_at = self.leases_at = 0.0
 
@@ -172,8 +172,8 @@ class SlurmWorkerPool(TrialPool):
 
             check_preload(list(self.settings.preload or []))
             self.queue.create()
-            self.queue.unmark("stop")
-            self.queue.unmark("closed")
+            for mark in ("stop", "closed", "drain"):
+                self.queue.unmark(mark)
             self._beat(force=True)
             self.boot_file = write_boot_file(self.sweep_dir / ".workers", self.hydra_context, self.task_function,
                                              self.config, list(self.settings.preload or []))
@@ -185,7 +185,10 @@ class SlurmWorkerPool(TrialPool):
 
         settings = {name: self.settings[name] for name in
                     ("max_trials_per_worker", "worker_max_rss_gb", "lease_s", "idle_timeout_min")}
-        self.workers.submit(self.size - len(self.workers), SlurmWorker(str(self.sweep_dir), str(self.boot_file), settings))
+        missing = self.size - len(self.workers)
+        if self.draining:  # no new trials will come: a worker only for each trial waiting for one
+            missing = min(missing, len(self.queue.unclaimed()))
+        self.workers.submit(missing, SlurmWorker(str(self.sweep_dir), str(self.boot_file), settings))
 
     def _check_jobs(self) -> None:
         """Ended worker jobs: their leases are void now, and they are replaced while there is work."""
@@ -278,11 +281,19 @@ class SlurmWorkerPool(TrialPool):
             log.error("trial %d: %s; recorded lost after %d attempts", number, why, MAX_ATTEMPTS)
             return
         log.warning("trial %d goes back to the queue: %s; another worker resumes it", number, why)
+        if self.draining and not (self.stopping or self.closing):
+            self._top_up()  # idle workers may have ended already
 
     def _beat(self, force: bool = False) -> None:
         if force or time.monotonic() - self.beat_at >= DRIVER_BEAT_S:
             self.beat_at = time.monotonic()
             self.queue.mark("driver")
+
+    def release_idle(self) -> None:
+        """The sweep has launched its last trial: idle workers end now and give their allocation back."""
+        if not self.draining:
+            self.draining = True
+            self.queue.mark("drain")
 
     def interrupt(self) -> None:
         self.stopping = True

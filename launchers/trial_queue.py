@@ -9,7 +9,8 @@ within one folder tree is atomic, so ownership moves by renaming a trial's file:
     done/<number>.pkl                the worker's result, renamed into place whole
     ready/<worker>                   the worker has loaded the sweep and can run trials
     driver                           touched by the sweep's process while it runs
-    stop, closed                     the sweep is stopping (running trials save and stop) / has ended
+    stop, drain, closed              the sweep is stopping (running trials save and stop) / has
+                                     launched its last trial (idle workers end) / has ended
     jobs.jsonl                       every worker job the sweep submitted, one JSON line each
 
 A lease that is not renewed for `lease_s` (seconds of the sweep's own clock, so clocks of other
