@@ -39,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from runner.results import read_result, write_json_atomic
@@ -90,10 +90,11 @@ def arms(part: str, cores: int, budgets: list[int]) -> list[tuple[str, int, list
 
 
 def run_arm(name: str, slots: int, overrides: list[str], env: dict, sweep_dir: Path) -> dict:
-    started = time.monotonic()
+    started, started_clock = time.monotonic(), datetime.now(timezone.utc)
     done = subprocess.run([sys.executable, "-m", "runner", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
                           cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
     wall = time.monotonic() - started
+    ended_clock = datetime.now(timezone.utc)
     if done.returncode != 0:
         print(f"{name}: the sweep failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
         return {"name": name, "failed": True}
@@ -115,6 +116,10 @@ def run_arm(name: str, slots: int, overrides: list[str], env: dict, sweep_dir: P
         "utilisation": round(busy / (slots * wall), 3),
         "overhead_per_trial_s": round((slots * wall - busy) / len(results), 3),
         "steady_s": round(steady, 1),
+        # the command's start-up (Python, Hydra, the search, the workers loading torch) and its end
+        # (the last trial's end to the exit: the report, the workers stopping)
+        "before_first_s": round((first - started_clock).total_seconds(), 2),
+        "after_last_s": round((ended_clock - last).total_seconds(), 2),
         "steady_utilisation": round(busy / (slots * steady), 3),
         "steady_overhead_per_trial_s": round((slots * steady - busy) / len(results), 3),
         "best": best["objective"]["value"],
@@ -133,7 +138,7 @@ def slurm_ready() -> bool:
 # (new arm, the arm it replaces) in each part, by index
 PAIRS = {"asha": [(2, 0), (2, 1)], "overhead": [(1, 0), (3, 2)], "slurm": [(1, 0)], "utilisation": []}
 NUMBERS = ("wall_s", "trial_s", "utilisation", "overhead_per_trial_s", "steady_s", "steady_utilisation",
-           "steady_overhead_per_trial_s", "best", "pruned", "epochs")
+           "steady_overhead_per_trial_s", "before_first_s", "after_last_s", "best", "pruned", "epochs")
 
 
 def median_row(runs: list[dict]) -> dict:
@@ -177,14 +182,15 @@ def main() -> None:
     for part, rows in summary.items():
         print(f"\n{part} (median of {args.repeats}):")
         print(f"{'arm':<50} {'wall':>6} {'in trials':>9} {'util.':>6} {'overhead':>9} | {'steady':>6} {'util.':>6} "
-              f"{'overhead':>9} | {'best':>6} {'pruned':>6}")
+              f"{'overhead':>9} | {'start':>5} {'end':>5} | {'best':>6} {'pruned':>6}")
         for row in rows:
             if row.get("failed"):
                 print(f"{row['name']:<50} failed")
                 continue
             print(f"{row['name']:<50} {row['wall_s']:>5.1f}s {row['trial_s']:>8.1f}s {row['utilisation']:>6.0%} "
                   f"{row['overhead_per_trial_s']:>8.2f}s | {row['steady_s']:>5.1f}s {row['steady_utilisation']:>6.0%} "
-                  f"{row['steady_overhead_per_trial_s']:>8.2f}s | {row['best']:>6.4f} {row['pruned']:>3g}/{row['trials']}")
+                  f"{row['steady_overhead_per_trial_s']:>8.2f}s | {row['before_first_s']:>4.1f}s {row['after_last_s']:>4.1f}s | "
+                  f"{row['best']:>6.4f} {row['pruned']:>3g}/{row['trials']}")
         for new, old in PAIRS[part]:
             if not rows[new].get("failed") and not rows[old].get("failed"):
                 print(f"wall time, {rows[new]['name']} / {rows[old]['name']}: "
