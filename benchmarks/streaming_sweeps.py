@@ -9,6 +9,9 @@ Runs each arm through the real CLI, `python -m runner -m`, and reads every trial
   warm workers, and the ask/tell sweeper on the warm workers (`sweep=random hydra/launcher=parallel`);
 - slurm: the same search with 4 trials at once on the SLURM cluster, Hydra's Nevergrad sweeper
   (a job array per batch) against the ask/tell sweeper (a job per trial);
+- utilisation: the pruned random search of the issue "Utilisation everywhere" (`sweep=random
+  pruner=asha`, LeNet on mnist_5k, 9 epochs, lr log-uniform 1e-5..0.3, seed 0) on the warm workers
+  of 2 slots, at each budget of `--budgets` (12 and 48): the whole command's utilisation;
 - overhead: 20 one-batch trials (`dataset=synthetic trainer.max_epochs=1`, one training and one
   validation batch), in this process (`local`) and on 2 slots (fresh processes, then warm workers).
 
@@ -23,6 +26,7 @@ Numbers are printed and written to OUT/summary.json, never asserted.
     python benchmarks/streaming_sweeps.py                    # every part (slurm only with a cluster)
     python benchmarks/streaming_sweeps.py --parts overhead   # one part
     python benchmarks/streaming_sweeps.py --repeats 3        # the arms take turns; medians reported
+    python benchmarks/streaming_sweeps.py --parts utilisation --budgets 12 48
 """
 
 from __future__ import annotations
@@ -35,15 +39,16 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from runner.results import read_result, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
-ASHA = ["dataset=mnist_5k", "model=lenet", "pruner=asha", "trainer.max_epochs=9", "logger=none",
-        "sweep=random", "hydra.sweeper.optim.budget=12", "hydra.sweeper.optim.seed=0"]
+RANDOM = ["dataset=mnist_5k", "model=lenet", "pruner=asha", "trainer.max_epochs=9", "logger=none",
+          "sweep=random", "hydra.sweeper.optim.seed=0"]
+ASHA = [*RANDOM, "hydra.sweeper.optim.budget=12"]
 ONE_BATCH = ["dataset=synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
              "trainer.limit_val_batches=1", "trainer.seed=range(0,20)"]
 # the `parallel` launcher as it was: submitit's local executor, a fresh process per trial, one
@@ -51,11 +56,17 @@ ONE_BATCH = ["dataset=synthetic", "trainer.max_epochs=1", "trainer.limit_train_b
 FRESH_PROCESSES = ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=600"]
 FRESH_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 BATCH = ["hydra/sweeper=nevergrad"]
+# the issue's space for the learning rate (the preset's is 1e-4..1e-1)
+ISSUE_LR = "optimizer.lr=tag(log,interval(1e-5,0.3))"
 
 
-def arms(part: str, cores: int) -> list[tuple[str, int, list[str], dict]]:
+def arms(part: str, cores: int, budgets: list[int]) -> list[tuple[str, int, list[str], dict]]:
     """(name, slots, overrides, environment) of each arm of a part."""
     warm = ["hydra/launcher=parallel", f"hydra.launcher.cpus_per_task={max(1, cores // 2)}"]
+    if part == "utilisation":
+        return [(f"random search, asha, budget {budget}, warm workers", 2,
+                 [*RANDOM, ISSUE_LR, f"hydra.sweeper.optim.budget={budget}", "hydra.sweeper.optim.num_workers=2", *warm],
+                 {}) for budget in budgets]
     if part == "asha":
         two = ["hydra.sweeper.optim.num_workers=2"]
         return [
@@ -79,10 +90,11 @@ def arms(part: str, cores: int) -> list[tuple[str, int, list[str], dict]]:
 
 
 def run_arm(name: str, slots: int, overrides: list[str], env: dict, sweep_dir: Path) -> dict:
-    started = time.monotonic()
+    started, started_clock = time.monotonic(), datetime.now(timezone.utc)
     done = subprocess.run([sys.executable, "-m", "runner", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
                           cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
     wall = time.monotonic() - started
+    ended_clock = datetime.now(timezone.utc)
     if done.returncode != 0:
         print(f"{name}: the sweep failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
         return {"name": name, "failed": True}
@@ -104,6 +116,10 @@ def run_arm(name: str, slots: int, overrides: list[str], env: dict, sweep_dir: P
         "utilisation": round(busy / (slots * wall), 3),
         "overhead_per_trial_s": round((slots * wall - busy) / len(results), 3),
         "steady_s": round(steady, 1),
+        # the command's start-up (Python, Hydra, the search, the workers loading torch) and its end
+        # (the last trial's end to the exit: the report, the workers stopping)
+        "before_first_s": round((first - started_clock).total_seconds(), 2),
+        "after_last_s": round((ended_clock - last).total_seconds(), 2),
         "steady_utilisation": round(busy / (slots * steady), 3),
         "steady_overhead_per_trial_s": round((slots * steady - busy) / len(results), 3),
         "best": best["objective"]["value"],
@@ -120,9 +136,9 @@ def slurm_ready() -> bool:
 
 
 # (new arm, the arm it replaces) in each part, by index
-PAIRS = {"asha": [(2, 0), (2, 1)], "overhead": [(1, 0), (3, 2)], "slurm": [(1, 0)]}
+PAIRS = {"asha": [(2, 0), (2, 1)], "overhead": [(1, 0), (3, 2)], "slurm": [(1, 0)], "utilisation": []}
 NUMBERS = ("wall_s", "trial_s", "utilisation", "overhead_per_trial_s", "steady_s", "steady_utilisation",
-           "steady_overhead_per_trial_s", "best", "pruned", "epochs")
+           "steady_overhead_per_trial_s", "before_first_s", "after_last_s", "best", "pruned", "epochs")
 
 
 def median_row(runs: list[dict]) -> dict:
@@ -138,8 +154,10 @@ def median_row(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["asha", "overhead", "slurm"],
-                        choices=["asha", "overhead", "slurm"])
+    parser.add_argument("--parts", nargs="+", default=["asha", "utilisation", "overhead", "slurm"],
+                        choices=["asha", "utilisation", "overhead", "slurm"])
+    parser.add_argument("--budgets", nargs="+", type=int, default=[12, 48],
+                        help="the budgets of the utilisation part's random search")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every arm this many times, the arms taking turns; medians are reported")
     parser.add_argument("--out", type=Path, default=None, help="folder for the sweeps and summary.json")
@@ -151,7 +169,7 @@ def main() -> None:
         if part == "slurm" and not slurm_ready():
             print("slurm: no cluster answers (start one with launchers/slurm/start.sh); skipped")
             continue
-        part_arms = arms(part, cores)
+        part_arms = arms(part, cores, args.budgets)
         runs[part] = [[] for _ in part_arms]
         for repeat in range(args.repeats):
             for index, (name, slots, overrides, env) in enumerate(part_arms):
@@ -159,24 +177,26 @@ def main() -> None:
                 runs[part][index].append(row)
                 print(json.dumps(row), flush=True)
     summary = {part: [median_row(arm_runs) for arm_runs in part_runs] for part, part_runs in runs.items()}
-    write_json_atomic(out / "summary.json", {"cores": cores, "repeats": args.repeats, "medians": summary,
-                                             "runs": runs})
+    write_json_atomic(out / "summary.json", {"cores": cores, "repeats": args.repeats,
+                                             "load_average": os.getloadavg(), "medians": summary, "runs": runs})
     for part, rows in summary.items():
         print(f"\n{part} (median of {args.repeats}):")
         print(f"{'arm':<50} {'wall':>6} {'in trials':>9} {'util.':>6} {'overhead':>9} | {'steady':>6} {'util.':>6} "
-              f"{'overhead':>9} | {'best':>6} {'pruned':>6}")
+              f"{'overhead':>9} | {'start':>5} {'end':>5} | {'best':>6} {'pruned':>6}")
         for row in rows:
             if row.get("failed"):
                 print(f"{row['name']:<50} failed")
                 continue
             print(f"{row['name']:<50} {row['wall_s']:>5.1f}s {row['trial_s']:>8.1f}s {row['utilisation']:>6.0%} "
                   f"{row['overhead_per_trial_s']:>8.2f}s | {row['steady_s']:>5.1f}s {row['steady_utilisation']:>6.0%} "
-                  f"{row['steady_overhead_per_trial_s']:>8.2f}s | {row['best']:>6.4f} {row['pruned']:>3g}/{row['trials']}")
+                  f"{row['steady_overhead_per_trial_s']:>8.2f}s | {row['before_first_s']:>4.1f}s {row['after_last_s']:>4.1f}s | "
+                  f"{row['best']:>6.4f} {row['pruned']:>3g}/{row['trials']}")
         for new, old in PAIRS[part]:
             if not rows[new].get("failed") and not rows[old].get("failed"):
                 print(f"wall time, {rows[new]['name']} / {rows[old]['name']}: "
                       f"{rows[new]['wall_s'] / rows[old]['wall_s']:.2f}x")
-    print(f"\nwritten to {out / 'summary.json'}")
+    print(f"\nload average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"written to {out / 'summary.json'}")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,10 @@ class TrialPool(ABC):
     def wait(self, timeout: float | None) -> list[Finished]:
         """Trials that ended since the last call; blocks until one ends or `timeout` seconds passed."""
 
+    def release_idle(self) -> None:
+        """The sweep has no trial left to give: free what waits idle (a warm worker), so that the
+        last trials and the report have the machine; optional."""
+
     def interrupt(self) -> None:
         """Ask every running trial to stop now: it saves a checkpoint and records `interrupted`."""
 

@@ -150,6 +150,30 @@ def start_worker(slot: Slot, log_path: Path, boot_file: Path) -> Worker:
     return Worker(slot, process, Connection(ours.detach()), log_file=log_file)
 
 
+def ask_to_stop(worker: Worker) -> None:
+    """Ask a worker to exit (one still loading is killed: it has nothing to save); returns at once."""
+    if worker.process.poll() is None:
+        if worker.pid is None:
+            worker.process.kill()
+        try:
+            worker.conn.send(("stop",))
+        except OSError:
+            pass
+
+
+def end_worker(worker: Worker, timeout: float = 10.0) -> None:
+    """Ask a worker to exit and wait for it, at most `timeout` seconds before it is killed."""
+    ask_to_stop(worker)
+    if worker.process.poll() is None:
+        try:
+            worker.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+    worker.conn.close()
+    worker.log_file.close()
+
+
 @dataclass
 class WorkerPool(TrialPool):
     """Warm workers, one per slot, fed one trial at a time."""
@@ -160,6 +184,7 @@ class WorkerPool(TrialPool):
     config: DictConfig
     slots: list[Slot] = field(init=False)
     workers: list[Worker] = field(default_factory=list, init=False)
+    leaving: list[Worker] = field(default_factory=list, init=False)  # released, not yet waited for
     queue: list[tuple[int, list[str]]] = field(default_factory=list, init=False)
     finished: list[Finished] = field(default_factory=list, init=False)
     size: int = field(default=0, init=False)
@@ -193,26 +218,10 @@ class WorkerPool(TrialPool):
         return worker
 
     def _replace(self, worker: Worker) -> None:
-        self._end(worker)
+        end_worker(worker)
         self.workers.remove(worker)
         if not self.closing and len(self.workers) < self.size:
             self._start_worker(worker.slot)
-
-    def _end(self, worker: Worker, timeout: float = 10.0) -> None:
-        if worker.process.poll() is None:
-            if worker.pid is None:
-                worker.process.kill()  # still loading: nothing to save, nothing to wait for
-            try:
-                worker.conn.send(("stop",))
-            except OSError:
-                pass
-            try:
-                worker.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-                worker.process.wait()
-        worker.conn.close()
-        worker.log_file.close()
 
     # ------------------------------------------------------------------ trials
     def submit(self, number: int, overrides: Sequence[str]) -> None:
@@ -322,6 +331,16 @@ class WorkerPool(TrialPool):
             elif worker.stop_sent is not None and now - worker.stop_sent > STOP_GRACE_S:
                 worker.process.kill()
 
+    def release_idle(self) -> None:
+        if self.queue:
+            return
+        for worker in [w for w in self.workers if w.trial is None and w.pid is not None]:
+            log.info("worker %d (pid %s) stops: the sweep has no trial left for it", worker.slot.index, worker.pid)
+            self.workers.remove(worker)
+            self.leaving.append(worker)
+            ask_to_stop(worker)
+        self.size = len(self.workers)
+
     def interrupt(self) -> None:
         # trials still queued never start; the sweep hears of them as it hears of every other
         self.finished += [Finished(number, overrides, lost="not started: the sweep is stopping")
@@ -336,11 +355,14 @@ class WorkerPool(TrialPool):
         self.closing = True
         self.queue.clear()
         self.interrupt()
-        # one grace period for all: the busy workers got SIGTERM together and save their trials side by side
+        # one grace period for all: the busy workers got SIGTERM together and save their trials side by
+        # side, and every worker is asked to exit before any is waited for, so that they exit side by side
         deadline = time.monotonic() + (STOP_GRACE_S if any(w.trial is not None for w in self.workers) else 10.0)
-        for worker in list(self.workers):
-            self._end(worker, timeout=max(0.0, deadline - time.monotonic()))
-        self.workers.clear()
+        ending, self.workers, self.leaving = self.leaving + self.workers, [], []
+        for worker in ending:
+            ask_to_stop(worker)
+        for worker in ending:
+            end_worker(worker, timeout=max(0.0, deadline - time.monotonic()))
         if self.boot_file is not None:
             self.boot_file.unlink(missing_ok=True)
             self.boot_file = None

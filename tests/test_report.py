@@ -346,3 +346,27 @@ def test_importing_the_report_loads_neither_torch_nor_matplotlib():
                             env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     assert result.stdout.strip() == "[]", result.stderr
 
+
+
+def test_the_sweep_s_last_trials_start_the_report_s_preparation(monkeypatch):
+    """Once a streaming sweep has launched its last trial, the report callback loads what it draws with,
+    beside the trials; callbacks without the hook are left alone."""
+    from types import SimpleNamespace
+
+    from runner.report import hydra_callback
+    from runner.sweep.sweeper import notify_last_trials
+
+    calls = []
+    monkeypatch.setattr(hydra_callback, "prepare_report", lambda: calls.append("prepared"))
+    callback = hydra_callback.SweepReport()
+    notify_last_trials(SimpleNamespace(callbacks=[object(), callback]), config=None)
+    callback.preparing.join()
+    assert calls == ["prepared"]
+
+
+def test_preparing_the_report_writes_nothing(tmp_path, monkeypatch):
+    from runner.report.writing import prepare_report
+
+    monkeypatch.chdir(tmp_path)
+    prepare_report()
+    assert list(tmp_path.iterdir()) == []

@@ -147,6 +147,19 @@ def test_a_crashed_worker_is_replaced_and_its_trial_recorded_failed(tmp_path):
     assert summary.count(",failed,") == 1
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two slots of one core")
+def test_a_worker_with_no_trial_left_stops_while_the_last_trials_run(tmp_path):
+    """Once the sweep has launched its last trial, a worker that ends its trial gets no other: it stops
+    then, not at the sweep's end, leaving the machine to the last trials and the report."""
+    sweep_dir, done = sweep(tmp_path, "tail", *PROBE, "hydra/launcher=parallel", "hydra.launcher.cpus_per_task=1",
+                            "trainer.max_epochs=1", "trainer.seed=0,1,2")
+    assert done.returncode == 0, done.stderr
+    assert [read_result(trial(sweep_dir, n))["status"] for n in range(3)] == ["completed"] * 3
+    log = done.stdout + done.stderr
+    assert "stops: the sweep has no trial left for it" in log
+    assert (sweep_dir / "summary.csv").exists()
+
+
 @pytest.mark.e2e
 def test_a_worker_that_cannot_start_stops_the_sweep_with_its_log(tmp_path):
     # its package exists, so the sweep's own check passes; the worker's import fails

@@ -15,6 +15,23 @@ from runner.report.trials import SweepReportError
 LOCK_FILE = ".report.lock"
 
 
+def prepare_report() -> None:
+    """Load what writing the report loads the first time (TensorBoard's writer, matplotlib and its
+    fonts), writing nothing: done while a sweep's last trials run, the report after them is quick."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: F401
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2  # noqa: F401
+    from tensorboard.summary.writer.record_writer import RecordWriter  # noqa: F401
+
+    figure = Figure(figsize=(1, 1))
+    FigureCanvasAgg(figure)
+    figure.add_subplot().set_title("0")
+    figure.savefig(io.BytesIO(), format="png")
+
+
 def report(sweep_dir: Path | str) -> Sweep:
     """Read the sweep, write every report file; returns what was reported."""
     sweep = load_sweep(sweep_dir)

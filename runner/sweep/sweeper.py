@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 
 
+def notify_last_trials(callbacks, config: DictConfig) -> None:
+    """Tell the Hydra callbacks that take it (runner.report.hydra_callback.SweepReport) that every trial
+    of the sweep is launched."""
+    for callback in getattr(callbacks, "callbacks", []):
+        if hasattr(callback, "on_last_trials"):
+            callback.on_last_trials(config=config)
+
+
 class StreamingSweeper:
     def __init__(self, kind: str, num_workers: int | None = None, params: Any = None, optim: Any = None):
         self.kind = kind
@@ -113,10 +121,17 @@ class StreamingSweeper:
         for _ in range(max(0, self.in_flight - self.resume.in_flight(self.told))):
             if not self._ask_new():
                 break
+        tail = False
         while True:
             self._launch()
             if not self.running and (self.stop is not None or self._nothing_left()):
                 break
+            if self.stop is None and self._nothing_left():
+                # the last trials run: free the idle slots, and let the report get ready beside them
+                self.pool.release_idle()
+                if not tail:
+                    tail = True
+                    notify_last_trials(self.hydra_context.callbacks, self.config)
             for finished in self.pool.wait(POLL_S):
                 self._finish(finished)
         if self.stop is not None:
