@@ -27,8 +27,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from streaming_sweeps import REPO, run_arm, slurm_ready  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `benchmarks.`
+from benchmarks.streaming_sweeps import REPO, run_arm, slurm_ready  # noqa: E402
 
 from runner.results import write_json_atomic  # noqa: E402
 

@@ -48,7 +48,8 @@ class SlurmWorker:
 
     def _reset(self) -> None:
         self.claim: Claim | None = None
-        self.lock = threading.Lock()
+        # reentrant: checkpoint() runs in a signal handler, on the main thread, which may hold it already
+        self.lock = threading.RLock()
         self.stop_requested = False
         self.in_trial = False
 
