@@ -9,14 +9,15 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 
-class ParallelLauncher(Launcher):
-    """Warm worker processes on this machine, one per slot; Hydra's own sweepers get batches run on them."""
+class _WarmWorkersLauncher(Launcher):
+    """A launcher whose implementation (`implementation()`) keeps a trial pool of warm workers."""
+
+    @staticmethod
+    def implementation() -> type:
+        raise NotImplementedError
 
     def __init__(self, **settings: Any) -> None:
-        # imported here: Hydra imports this module at every start, even for --help
-        from launchers.workers import ParallelLauncher as Impl
-
-        self.impl = Impl(**settings)
+        self.impl = self.implementation()(**settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -29,19 +30,22 @@ class ParallelLauncher(Launcher):
         return self.impl.pool
 
 
-class SlurmWorkersLauncher(Launcher):
+class ParallelLauncher(_WarmWorkersLauncher):
+    """Warm worker processes on this machine, one per slot; Hydra's own sweepers get batches run on them."""
+
+    @staticmethod
+    def implementation() -> type:
+        # imported here: Hydra imports this module at every start, even for --help
+        from launchers.workers import ParallelLauncher as Impl
+
+        return Impl
+
+
+class SlurmWorkersLauncher(_WarmWorkersLauncher):
     """Warm SLURM worker jobs that pull trials from the sweep folder, each running trial after trial."""
 
-    def __init__(self, **settings: Any) -> None:
+    @staticmethod
+    def implementation() -> type:
         from launchers.slurm_workers import SlurmWorkersLauncher as Impl
 
-        self.impl = Impl(**settings)
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        return self.impl.launch(job_overrides, initial_job_idx)
-
-    def trial_pool(self) -> Any:
-        return self.impl.pool
+        return Impl
