@@ -107,15 +107,16 @@ class WorkerJobs:
             self.jobs[job.job_id] = job
         log.info("submitted %d worker job(s): %s", count, " ".join(job.job_id for job in jobs))
 
-    def ended(self, force: bool = False) -> list[tuple[Any, str]]:
-        """(job, its final state) of each job that ended since the last call."""
+    def ended(self, force: bool = False, by_sacct: bool = False) -> list[tuple[Any, str]]:
+        """(job, its final state) of each job that ended since the last call: its result written (its
+        Python is done), or SLURM's accounting says so; `by_sacct`: only the latter (the job left the queue)."""
         if not self.jobs or (not force and time.monotonic() - self.checked_at < JOBS_CHECK_S):
             return []
         self.checked_at = time.monotonic()
         self.watcher().update()
         ended = []
         for job_id, job in list(self.jobs.items()):
-            if job.paths.result_pickle.exists() or self.watcher().is_done(job_id, mode="cache"):
+            if (not by_sacct and job.paths.result_pickle.exists()) or self.watcher().is_done(job_id, mode="cache"):
                 del self.jobs[job_id]
                 ended.append((job, self.watcher().get_state(job_id, mode="cache")))
         return ended
@@ -134,7 +135,7 @@ class WorkerJobs:
                     log.info("worker job %s has not ended (%s): cancelled", job_id, self.watcher().get_state(job_id, mode="cache"))
                     job.cancel(check=False)
                     cancelled.add(job_id)
-            self.ended(force=True)
+            self.ended(force=True, by_sacct=True)
             if self.jobs:
                 time.sleep(0.5)
 

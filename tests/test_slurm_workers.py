@@ -1,7 +1,7 @@
 """The slurm_workers launcher on a real SLURM cluster (launchers/slurm/start.sh): warm worker jobs that
 take a sweep's trials from files in its folder. They train what a job per trial trains, a worker
 killed or preempted mid-trial loses nothing, every job has ended when the sweep has, and a sweep
-killed and run again runs each trial once."""
+killed and run again runs each trial once, and Hydra's own batch sweeper runs on them too."""
 
 from __future__ import annotations
 
@@ -151,3 +151,17 @@ def test_bad_worker_settings_are_refused_before_any_job(run_cli, tmp_path):
     done = run_cli("--multirun", *WARM, "hydra.launcher.lease_s=0", "dataset=synthetic", "optimizer.lr=0.1,0.01",
                    timeout=60)
     assert done.returncode != 0 and "hydra.launcher.lease_s must be a positive number, got 0" in done.stderr
+
+
+def test_hydras_own_sweeper_runs_its_batch_on_the_warm_workers(job_name, run_cli, tmp_path):
+    done = run_cli("--multirun", "hydra/sweeper=basic", *WARM, "hydra.launcher.num_workers=2",
+                   f"hydra.launcher.name={job_name}", "dataset=synthetic", "trainer.max_epochs=1", "logger=none",
+                   "optimizer.lr=0.1,0.01,0.001", timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    trials = trial_dirs(sweep)
+    assert len(trials) == 3 and all(read_result(t)["status"] == "completed" for t in trials)
+    # the command returned once its worker jobs had left SLURM's queue
+    queued = subprocess.run(["squeue", "-h", f"--name={job_name}"], capture_output=True, text=True, check=True)
+    assert queued.stdout.strip() == ""
+    assert [job_states(job_id, timeout=5) for job_id in worker_jobs(sweep)] == [["COMPLETED"]] * 2
