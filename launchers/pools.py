@@ -92,6 +92,32 @@ def launch_batch(pool: TrialPool, job_overrides: Sequence[Sequence[str]], initia
     return [returns[number] for number in numbers]
 
 
+class PoolLauncher:
+    """Hydra's Launcher interface over a trial pool of warm workers (the `parallel` and `slurm_workers`
+    plugins): the streaming sweepers take the pool itself; Hydra's own sweepers get each batch run on
+    it and waited for whole. `make_pool(settings, hydra_context, task_function, config)` builds it."""
+
+    def __init__(self, make_pool, **settings: Any):
+        from omegaconf import OmegaConf
+
+        self.make_pool = make_pool
+        self.settings = OmegaConf.create(settings)
+        self.pool: TrialPool | None = None
+        self.close_at_exit = False
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.pool = self.make_pool(self.settings, hydra_context, task_function, config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+        # every batch tops the workers up (a first batch starts them all)
+        self.pool.start(self.pool.capacity)
+        if not self.close_at_exit:
+            import atexit
+
+            atexit.register(self.pool.close)
+            self.close_at_exit = True
+        return launch_batch(self.pool, job_overrides, initial_job_idx)
+
 class TrialPool(ABC):
     """Where a streaming sweep's trials run."""
 

@@ -22,17 +22,15 @@ result back. No server, no open port: only a folder every node sees.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf
 
-from launchers.pools import Finished, TrialPool, launch_batch, submitit_executor
+from launchers.pools import Finished, TrialPool, submitit_executor
 from launchers.trial_queue import Heartbeats, TrialQueue
 from launchers.worker_io import job_return, write_boot_file
 from runner.errors import ConfigError
@@ -312,21 +310,3 @@ class SlurmWorkerPool(TrialPool):
         self.queue.unmark("driver")
         if self.boot_file is not None:
             self.boot_file.unlink(missing_ok=True)
-
-
-class SlurmWorkersLauncher:
-    """The launcher behind hydra_plugins.runner_plugins.launchers.SlurmWorkersLauncher."""
-
-    def __init__(self, **settings: Any):
-        self.settings = OmegaConf.create(settings)
-        self.pool: SlurmWorkerPool | None = None
-
-    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
-        self.pool = SlurmWorkerPool(self.settings, hydra_context, task_function, config)
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-        """Hydra's launcher interface, for Hydra's own sweepers: a batch on the workers, waited for whole."""
-        if self.pool.boot_file is None:
-            self.pool.start(self.pool.capacity)
-            atexit.register(self.pool.close)
-        return launch_batch(self.pool, job_overrides, initial_job_idx)

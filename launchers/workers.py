@@ -12,7 +12,6 @@ before its next trial. Values reach the workers through their environment, never
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import os
@@ -27,11 +26,10 @@ from multiprocessing.connection import Connection, wait as wait_for_any
 from pathlib import Path
 from typing import Any, Sequence
 
-from hydra.core.utils import JobReturn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from launchers.worker_io import job_return, write_boot_file
-from launchers.pools import Finished, TrialPool, launch_batch
+from launchers.pools import Finished, TrialPool
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -366,22 +364,3 @@ class WorkerPool(TrialPool):
         if self.boot_file is not None:
             self.boot_file.unlink(missing_ok=True)
             self.boot_file = None
-
-
-class ParallelLauncher:
-    """The launcher behind hydra_plugins.runner_plugins.launchers.ParallelLauncher."""
-
-    def __init__(self, **settings: Any):
-        self.settings = OmegaConf.create(settings)
-        self.pool: WorkerPool | None = None
-
-    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
-        self.pool = WorkerPool(self.settings, hydra_context, task_function, config)
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-        """Hydra's launcher interface, for Hydra's own sweepers: run a batch on the workers, wait for all of it."""
-        pool = self.pool
-        if not pool.workers:
-            pool.start(pool.capacity)
-            atexit.register(pool.close)
-        return launch_batch(pool, job_overrides, initial_job_idx)

@@ -10,14 +10,18 @@ from omegaconf import DictConfig
 
 
 class _WarmWorkersLauncher(Launcher):
-    """A launcher whose implementation (`implementation()`) keeps a trial pool of warm workers."""
+    """A launcher over a trial pool of warm workers (launchers.pools.PoolLauncher), the pool class
+    `pool_class()` names."""
 
     @staticmethod
-    def implementation() -> type:
+    def pool_class() -> type:
         raise NotImplementedError
 
     def __init__(self, **settings: Any) -> None:
-        self.impl = self.implementation()(**settings)
+        # imported here: Hydra imports this module at every start, even for --help
+        from launchers.pools import PoolLauncher
+
+        self.impl = PoolLauncher(self.pool_class(), **settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -34,18 +38,17 @@ class ParallelLauncher(_WarmWorkersLauncher):
     """Warm worker processes on this machine, one per slot; Hydra's own sweepers get batches run on them."""
 
     @staticmethod
-    def implementation() -> type:
-        # imported here: Hydra imports this module at every start, even for --help
-        from launchers.workers import ParallelLauncher as Impl
+    def pool_class() -> type:
+        from launchers.workers import WorkerPool
 
-        return Impl
+        return WorkerPool
 
 
 class SlurmWorkersLauncher(_WarmWorkersLauncher):
     """Warm SLURM worker jobs that pull trials from the sweep folder, each running trial after trial."""
 
     @staticmethod
-    def implementation() -> type:
-        from launchers.slurm_workers import SlurmWorkersLauncher as Impl
+    def pool_class() -> type:
+        from launchers.slurm_workers import SlurmWorkerPool
 
-        return Impl
+        return SlurmWorkerPool
