@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
+from runner.config.objectives import objectives_of
 from runner.config.pbt import config_problems as pbt_problems
 from runner.config.problems import bullets, leaves
 from runner.errors import ConfigError
@@ -72,8 +73,13 @@ class TrainerConfig:
 
 @dataclass
 class ObjectiveConfig:
+    """The schema of `objective`: conf/objective/default.yaml documents each field."""
+
     metric: str = "val/acc"
     goal: str = "maximize"
+    metrics: Optional[List[str]] = None
+    goals: Optional[List[str]] = None
+    constraints: List[str] = field(default_factory=list)
 
 
 def typed_trainer(cfg: DictConfig) -> TrainerConfig:
@@ -120,6 +126,10 @@ def validate(cfg: DictConfig) -> None:
         _check_trainer(cfg.trainer, problems)
     if typed["objective"]:
         _choice(problems, "objective.goal", cfg.objective.goal, GOALS)
+        try:
+            objectives_of(cfg.objective)
+        except ConfigError as error:
+            problems.append(str(error))
 
     lr = cfg.optimizer.get("lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:

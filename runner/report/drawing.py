@@ -1,5 +1,5 @@
-"""report.png: the objective per trial, the top trials' learning curves, the objective per swept number
-and, for a PBT sweep, its members over epochs with the exploits."""
+"""report.png: the objective per trial, the top trials' learning curves, the objective per swept number,
+with several objectives the Pareto front, and for a PBT sweep its members over epochs with the exploits."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def draw_report_png(sweep: Sweep) -> None:
 
     parameters = sweep.numeric_parameters()
     records = pbt_records(sweep)
-    panels = 2 + len(parameters) + bool(records)
+    # with several objectives: the first against each other one
+    fronts = list(range(1, len(sweep.objectives.metrics)))
+    panels = 2 + len(fronts) + len(parameters) + bool(records)
     columns = min(panels, 3)
     rows = -(-panels // columns)
     figure = Figure(figsize=(5.2 * columns, 3.8 * rows), layout="constrained")
@@ -34,10 +36,12 @@ def draw_report_png(sweep: Sweep) -> None:
     for ax in axes[:2]:
         # trial numbers and epochs are whole
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax, key in zip(axes[2:], parameters):
+    for ax, other in zip(axes[2:], fronts):
+        _draw_front(ax, sweep, other)
+    for ax, key in zip(axes[2 + len(fronts):], parameters):
         _draw_objective_against(ax, sweep, key)
     if records:
-        _draw_pbt(axes[2 + len(parameters)], sweep, records)
+        _draw_pbt(axes[2 + len(fronts) + len(parameters)], sweep, records)
     for ax in axes[panels:]:
         ax.set_visible(False)
     buffer = io.BytesIO()
@@ -93,6 +97,34 @@ def _draw_learning_curves(ax, sweep: Sweep) -> None:
         )
     if sweep.best.best_epoch is not None:
         _mark_best(ax, sweep.best.best_epoch, sweep.best.value)
+    ax.legend(fontsize=8)
+
+
+def _draw_front(ax, sweep: Sweep, other: int) -> None:
+    """Every ranked trial by the first objective and another; the Pareto front's members joined, trials
+    that break a constraint crossed out."""
+    metrics = sweep.objectives.metrics
+    ax.set_title(f"Pareto front: {metrics[0]} vs {metrics[other]}")
+    ax.set_xlabel(f"{metrics[other]} ({sweep.objectives.goals[other]})")
+    ax.set_ylabel(f"{metrics[0]} ({sweep.objectives.goals[0]})")
+    points = {t.name: sweep.values(t) for t in sweep.trials if t.ranked}
+    points = {name: (v[other], v[0]) for name, v in points.items() if v[0] is not None and v[other] is not None}
+    if not points:
+        _say_no_values(ax)
+        return
+    kept = [xy for name, xy in points.items() if name not in sweep.broken and sweep.fronts.get(name) != 1]
+    broken = [xy for name, xy in points.items() if name in sweep.broken]
+    front = sorted(points[t.name] for t in sweep.front if t.name in points)
+    if kept:
+        ax.scatter(*zip(*kept), color="tab:blue", alpha=0.7, label="trial")
+    if broken:
+        ax.scatter(*zip(*broken), color="gray", marker="x", label="breaks a constraint")
+    if front:
+        ax.plot(*zip(*front), color="crimson", marker="*", markersize=12, linewidth=1.2,
+                label=f"Pareto front ({len(front)})")
+    xs = [x for x, _ in points.values()]
+    if min(xs) > 0 and max(xs) / min(xs) >= 100:
+        ax.set_xscale("log")
     ax.legend(fontsize=8)
 
 

@@ -24,8 +24,10 @@ def write_summary_csv(sweep: Sweep) -> None:
     """One row per trial, ranked; final/<metric> and best/<metric> columns for every metric any trial has."""
     metrics = union(list(t.final_metrics) + list(t.best_metrics) for t in sweep.trials)
     tests = union(list(t.test_metrics) for t in sweep.trials)
+    several, constrained = sweep.objectives.several, bool(sweep.objectives.constraints)
     columns = [
-        "rank", "number", "name", "status", "objective", "best_epoch", "epochs", "duration_s", "reason", "overrides",
+        "rank", "number", "name", "status", *(["front"] if several else []), "objective",
+        *(["constraints_broken"] if constrained else []), "best_epoch", "epochs", "duration_s", "reason", "overrides",
         *(f"final/{m}" for m in metrics), *(f"best/{m}" for m in metrics), *tests,
     ]  # fmt: skip
     rows = []
@@ -42,6 +44,10 @@ def write_summary_csv(sweep: Sweep) -> None:
             "reason": trial.reason,
             "overrides": shlex.join(trial.overrides),
         }
+        if several:
+            row["front"] = sweep.fronts.get(trial.name)
+        if constrained:
+            row["constraints_broken"] = "; ".join(sweep.broken.get(trial.name, []))
         row.update({f"final/{m}": v for m, v in trial.final_metrics.items()})
         row.update({f"best/{m}": v for m, v in trial.best_metrics.items()})
         row.update(trial.test_metrics)
@@ -57,12 +63,43 @@ def write_history_csv(sweep: Sweep) -> None:
 
 
 def write_best_yaml(sweep: Sweep) -> None:
-    """The best trial and the command that reruns it; no file while no trial has a value."""
+    """The best trial and the command that reruns it (with several objectives: every trial of the Pareto
+    front, each with its command); no file while no trial has a value."""
     path = sweep.path / BEST_FILE
     best = sweep.best
     if best is None:
         path.unlink(missing_ok=True)
         return
+    record = _front_record(sweep) if sweep.objectives.several else _best_record(sweep, best)
+    # no line wrapping: the command is meant to be copied whole
+    write_text_atomic(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True, width=math.inf))
+
+
+def _front_record(sweep: Sweep) -> dict:
+    objectives = sweep.objectives
+    members = []
+    for trial in sweep.front:
+        members.append({
+            "name": trial.name,
+            "number": trial.number,
+            "status": trial.status,
+            "objectives": dict(zip(objectives.metrics, sweep.values(trial))),
+            "epoch": trial.best_epoch,
+            "overrides": list(trial.overrides),
+            "command": rerun_command(trial),
+            "cwd": trial.started_in,
+            "test_metrics": trial.test_metrics or None,
+            "run_dir": str(trial.path),
+        })
+    return {
+        "objectives": [{"metric": m, "goal": g} for m, g in zip(objectives.metrics, objectives.goals)],
+        "constraints": [str(c) for c in objectives.constraints],
+        # no member beats another on every objective: which to pick is the user's trade-off
+        "pareto_front": members,
+    }
+
+
+def _best_record(sweep: Sweep, best) -> dict:
     record = {
         "name": best.name,
         "number": best.number,
@@ -75,11 +112,12 @@ def write_best_yaml(sweep: Sweep) -> None:
         "test_metrics": best.test_metrics or None,
         "run_dir": str(best.path),
     }
+    if sweep.objectives.constraints:
+        record["constraints"] = [str(c) for c in sweep.objectives.constraints]
     lineage = pbt_lineage(best)
     if lineage is not None:
         record["pbt"] = lineage
-    # no line wrapping: the command is meant to be copied whole
-    write_text_atomic(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True, width=math.inf))
+    return record
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:

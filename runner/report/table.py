@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from runner.report.cells import cell_text, duration_text, number_text, shorten
 from runner.report.pbt import format_pbt
-from runner.report.ranking import Sweep, by_number
+from runner.report.ranking import Sweep, by_number, describe
 from runner.report.trials import STATUSES, rerun_command
 from runner.sweep.journal import Journal
 
@@ -24,9 +24,13 @@ def format_table(sweep: Sweep) -> str:
     lines = [
         f"Sweep {sweep.path}: {len(sweep.trials)} trials: "
         + ", ".join(f"{counts[s]} {s}" for s in STATUSES),
-        f"Objective: {sweep.metric} ({sweep.goal})",
+        f"Objective{'s' if sweep.objectives.several else ''}: {describe(sweep.objectives)}",
     ]
-    if sweep.best:
+    several = sweep.objectives.several
+    if several and sweep.front:
+        lines.append(f"Pareto front: {len(sweep.front)} trial(s), no one better on every objective: "
+                     + ", ".join(f"#{t.number}" for t in sweep.front) + f" (best.yaml has each one's command)")
+    elif sweep.best:
         lines.append(f"Best: #{sweep.best.number} {sweep.best.name}  {sweep.metric}={number_text(sweep.best.value)}")
         lines.append(f"Rerun: {rerun_command(sweep.best)}")
         if sweep.best.started_in:
@@ -34,16 +38,20 @@ def format_table(sweep: Sweep) -> str:
     else:
         lines.append("Best: none yet (no trial has an objective value)")
     tested = any(t.test_metrics for t in sweep.trials)
-    header = ["rank", "#", "status", sweep.metric, "at epoch", *([objective_on_test(sweep)] if tested else []), "epochs",
+    constrained = bool(sweep.objectives.constraints)
+    header = ["rank", "#", "status", *(["front"] if several else []), *sweep.objectives.metrics, "at epoch",
+              *([objective_on_test(sweep)] if tested else []), *(["broken"] if constrained else []), "epochs",
               "time", *sweep.parameters, "reason"]
     body = [
         [
             cell_text(sweep.rank_of(trial)),
             cell_text(trial.number),
             trial.status,
-            number_text(trial.value),
+            *([cell_text(sweep.fronts.get(trial.name))] if several else []),
+            *(number_text(value) for value in sweep.values(trial)),
             cell_text(trial.best_epoch),
             *([number_text(trial.test_metrics.get(objective_on_test(sweep)))] if tested else []),
+            *([shorten("; ".join(sweep.broken.get(trial.name, [])), 32)] if constrained else []),
             cell_text(trial.epochs),
             duration_text(trial.duration_s),
             *(cell_text(values.get(trial.name)) for values in sweep.parameters.values()),

@@ -44,6 +44,8 @@ class Trial:
     history: list = field(default_factory=list)
     started_at: str | None = None
     max_epochs: int | None = None
+    # with several objectives or constraints: objective.metrics, goals and constraints as the trial was run
+    objectives: dict = field(default_factory=dict)
 
     @property
     def ranked(self) -> bool:
@@ -76,6 +78,7 @@ def read_trial(folder: Path) -> Trial:
         )
     objective = result.get("objective") or {}
     config_objective = _config_objective(folder)
+    source = objective if result else config_objective
     return Trial(
         number=_job_number(folder.name),
         name=folder.name,
@@ -97,6 +100,7 @@ def read_trial(folder: Path) -> Trial:
         history=read_metrics(folder),
         started_at=result.get("started_at"),
         max_epochs=result.get("max_epochs"),
+        objectives={key: list(source[key]) for key in ("metrics", "goals", "constraints") if source.get(key)},
     )
 
 

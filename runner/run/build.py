@@ -13,11 +13,15 @@ import yaml
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.objectives import objectives_of
 from runner.paths import CONF_DIR
 from runner.errors import ConfigError, DataError
 
 # config groups whose nodes the runner instantiates
 GROUPS = ("dataset", "model", "task", "loss", "optimizer", "scheduler", "logger", "callbacks")
+# the model's trainable parameters, a metric of every evaluated epoch when an objective or a constraint
+# names it (a search for small and accurate models)
+PARAMS_METRIC = "model/params"
 # what the runner passes itself: loggers get `run_dir` and `start_step`, and `sweep_dir`, `hparams`
 # and `choices` if they name them (components/loggers/__init__.py)
 RUNNER_SUPPLIED = {"logger": {"run_dir", "start_step", "sweep_dir", "hparams", "choices"}, "optimizer": {"params"},
@@ -196,11 +200,42 @@ def recorded_metrics(task: Any) -> list[str]:
 
 
 def objective_problems(cfg: DictConfig, task: Any) -> list[str]:
-    known = [m for m in recorded_metrics(task) if m != "train/samples_per_s"] + ["lr"]
-    if cfg.objective.metric in known:
+    """Every objective's and constraint's metric must be one the run records."""
+    known = [m for m in recorded_metrics(task) if m != "train/samples_per_s"] + ["lr", PARAMS_METRIC]
+    objectives = objectives_of(cfg.objective)
+    allowed = f"use one of: {', '.join(known)} (add metrics under task.metrics)"
+    problems = []
+    if cfg.objective.metric not in known:
+        problems.append(f"objective.metric={cfg.objective.metric!r} is not a metric this run records; {allowed}")
+    problems += [f"objective.metrics: {metric!r} is not a metric this run records; {allowed}"
+                 for metric in objectives.metrics[1:] if metric not in known]
+    problems += [f"objective.constraints: {str(c)!r} bounds {c.metric!r}, which is not a metric this run records; "
+                 f"{allowed}" for c in objectives.constraints if c.metric not in known]
+    return problems
+
+
+def declared_objective_problems(cfg: DictConfig) -> list[str]:
+    """objective_problems before anything is built: from the metric names the task's config declares;
+    only when an objective is not among them is the task built to be sure (a task of one's own may
+    record metrics its config does not name)."""
+    metrics = cfg.task.get("metrics") if isinstance(cfg.get("task"), DictConfig) else None
+    names = [name for name, node in (metrics or {}).items() if node is not None]
+    declared = {"lr", PARAMS_METRIC, *(f"{split}/{name}" for split in ("train", "val") for name in ["loss", *names])}
+    if all(metric in declared for metric in objectives_of(cfg.objective).needed_metrics):
         return []
-    return [f"objective.metric={cfg.objective.metric!r} is not a metric this run records; "
-            f"use one of: {', '.join(known)} (add metrics under task.metrics)"]
+    try:
+        return objective_problems(cfg, build(cfg.task, "task"))
+    except ConfigError as error:
+        return [str(error)]
+
+
+def extra_metrics(cfg: DictConfig) -> list[str]:
+    """Metrics beyond the task's that the run records because an objective or a constraint names them."""
+    return [PARAMS_METRIC] if PARAMS_METRIC in objectives_of(cfg.objective).needed_metrics else []
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def shape_of(value: Any) -> str:

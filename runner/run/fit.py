@@ -24,7 +24,8 @@ from runner.config.checks import TrainerConfig
 from runner.errors import TrialFailed
 from runner.results import CHECKPOINT_DIR
 from runner.run import checkpoint, run_state
-from runner.run.build import build, build_scheduler, build_task, complete, probe, recorded_metrics
+from runner.run.build import (PARAMS_METRIC, build, build_scheduler, build_task, complete, extra_metrics,
+                              parameter_count, probe, recorded_metrics)
 from runner.run.callbacks.base import Stop
 from runner.run.callbacks.dispatch import CallbackDispatch
 from runner.run.data import batches_per_epoch, epoch_generator, make_sources
@@ -69,7 +70,8 @@ class Fit:
         self.device = prepare_device(trainer, self.ranks)
 
         self.task = build_task(cfg)
-        self.csv_columns = ["epoch", "step", "time_s", "lr", *recorded_metrics(self.task)]
+        self.extra_metrics = extra_metrics(cfg)
+        self.csv_columns = ["epoch", "step", "time_s", "lr", *recorded_metrics(self.task), *self.extra_metrics]
         self.objective = Objective(cfg.objective.metric, cfg.objective.goal)
 
         self.model = build(cfg.model, "model")
@@ -139,6 +141,8 @@ class Fit:
                     self.evaluated = epoch % trainer.eval_every_n_epochs == 0 or epoch == trainer.max_epochs
                     if self.evaluated:
                         row.update(self.evaluate(self.val_data, "val"))
+                        if PARAMS_METRIC in self.extra_metrics:
+                            row[PARAMS_METRIC] = parameter_count(self.model)
                     self.progress.epoch, self.progress.batch_in_epoch = epoch, 0
                     self.progress.partial = self.progress.generator_state = None
                     self.progress.train_seconds = time.monotonic() - started

@@ -4,7 +4,8 @@ One JSON object per line, appended and synced before the ask or tell takes effec
 `start` (each time the sweep starts: what it searches, its budget, where trials run), `ask`
 (number, overrides, the optimizer's value), `validated` (the first trial's config, and each
 option of each swept group, composed: trials may start), `job` (number, the cluster's job id),
-`tell` (number, status, loss). runner.sweep.sweeper replays it to resume a sweep; `runner.report --watch`
+`tell` (number, status, loss; with several objectives every objective's `losses`, with constraints
+how far each is broken, `violations`). runner.sweep.sweeper replays it to resume a sweep; `runner.report --watch`
 reads it to show the trials asked but not started yet.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -25,6 +27,15 @@ log = logging.getLogger(__name__)
 JOURNAL = Path(".sweeper") / "journal.jsonl"
 # held by the sweeper writing the journal, as long as its sweep runs
 WRITER_LOCK = Path(".sweeper") / "writer.lock"
+
+
+def json_number(value: float) -> float | None:
+    """A loss as the journal holds it: JSON has no infinity, a failed trial's inf is written null."""
+    return None if math.isinf(value) else value
+
+
+def read_number(value: float | None) -> float:
+    return math.inf if value is None else value
 
 
 class Journal:

@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, open_dict
 
+from runner.config.objectives import objectives_of
+from runner.sweep.journal import json_number
 from runner.results import RESULT_FILE, blank_result, now, read_result, write_json_atomic
 
 
@@ -26,10 +28,29 @@ class Outcome:
     goal: str | None
     duration_s: float | None
     failed_job: bool  # the trial function raised (fail_fast, a config that does not compose)
+    # with several objectives: every objective's loss (inf where missing); with constraints: how far
+    # each is broken (0 when kept). None for one objective without constraints, or a failed trial.
+    losses: list[float] | None = None
+    violations: list[float] | None = None
 
     @classmethod
     def failed(cls, number: int, job_return: JobReturn | None, *, failed_job: bool) -> Outcome:
         return cls(number, job_return, "failed", math.inf, None, None, None, None, failed_job=failed_job)
+
+    def tell_event(self, time: str) -> dict:
+        """The journal's record of what the optimizer is told (runner.sweep.journal)."""
+        event = {"event": "tell", "number": self.number, "status": self.status, "loss": json_number(self.loss),
+                 "time": time}
+        if self.losses:
+            event["losses"] = [json_number(x) for x in self.losses]
+        if self.violations:
+            event["violations"] = [json_number(x) for x in self.violations]
+        return event
+
+    @property
+    def told_loss(self) -> float | list[float]:
+        """What the optimizer is told: the one loss, or every objective's."""
+        return self.losses if self.losses is not None else self.loss
 
 
 def returned_outcome(finished, maximize: bool | None) -> Outcome:
@@ -45,8 +66,15 @@ def returned_outcome(finished, maximize: bool | None) -> Outcome:
     if isinstance(value, (int, float)) and not math.isnan(value):
         maximizing = objective.get("goal") == "maximize" if maximize is None else maximize
         loss = -float(value) if maximizing else float(value)
-    return Outcome(finished.number, ret, result.get("status", "completed"), loss, objective.get("metric"),
-                   objective.get("value"), objective.get("goal"), result.get("duration_s"), failed_job=False)
+    outcome = Outcome(finished.number, ret, result.get("status", "completed"), loss, objective.get("metric"),
+                      objective.get("value"), objective.get("goal"), result.get("duration_s"), failed_job=False)
+    if objective.get("metrics") and not math.isinf(loss):
+        objectives = objectives_of(objective)
+        # as the first objective's returned value: a pruned trial is told where it stopped, others their best epoch
+        metrics = result.get("final_metrics" if outcome.status == "pruned" else "best_metrics") or {}
+        outcome.losses = objectives.losses(metrics) if objectives.several else None
+        outcome.violations = objectives.violations(metrics) if objectives.constraints else None
+    return outcome
 
 
 def record_lost(config_loader, config: DictConfig, finished) -> Path:

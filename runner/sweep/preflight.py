@@ -77,3 +77,22 @@ def check_pbt(config: DictConfig) -> None:
     problems = config_problems(config, keys_exist=False)
     if problems:
         stop(bullets(problems))
+
+
+def check_first_trial(cfg: DictConfig) -> None:
+    """The first trial's config, checked as the trial would check it (runner.config.checks.validate) and
+    its objectives and constraints against the metrics it records, before any trial runs: a mistake
+    there would fail every trial of the sweep alike. Raises one ConfigError listing every problem."""
+    from omegaconf import OmegaConf, open_dict
+
+    from runner.config.checks import validate
+    from runner.config.problems import bullets
+    from runner.errors import ConfigError
+    from runner.run.build import declared_objective_problems
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    validate(cfg)
+    if problems := declared_objective_problems(cfg):
+        raise ConfigError(bullets(problems))

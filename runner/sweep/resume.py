@@ -10,12 +10,11 @@ order, so it is where it was whatever order the relaunched trials end in.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from pathlib import Path
 
 from runner.errors import ConfigError
-from runner.sweep.journal import Journal
+from runner.sweep.journal import Journal, read_number
 from runner.sweep.outcome import Told
 from runner.sweep.search import Point
 
@@ -72,8 +71,10 @@ class SweepResume:
                 points[number] = point
                 asked += 1
             elif event["event"] == "tell":
-                loss = math.inf if event.get("loss") is None else event["loss"]
-                self.search.tell(points[number], loss)
+                loss = read_number(event.get("loss"))
+                losses = [read_number(x) for x in event["losses"]] if event.get("losses") else None
+                violations = [read_number(x) for x in event["violations"]] if event.get("violations") else None
+                self.search.tell(points[number], losses if losses is not None else loss, violations=violations)
                 told.add(number, loss)
         return asked
 

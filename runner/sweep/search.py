@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.checks import sweep_workers_problem
+from runner.config.objectives import objectives_of
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class GridSearch:
         """A point this sweep asked before it was stopped (from its journal)."""
         return Point(list(overrides))
 
-    def tell(self, point: Point, loss: float) -> None:
+    def tell(self, point: Point, loss: float | list[float], violations: list[float] | None = None) -> None:
         pass
 
 
@@ -105,6 +106,8 @@ class NevergradSearch:
         self.optimizer = ng.optimizers.registry[optim.optimizer](
             parametrization=self.parametrization, budget=optim.budget, num_workers=optim.num_workers)
         self.direction = -1.0 if optim.maximize else 1.0
+        # several objectives: Nevergrad is told a loss per objective and keeps a Pareto front
+        self.objectives = objectives_of(base_config.objective) if base_config is not None else None
 
     @property
     def budget(self) -> int:
@@ -124,15 +127,39 @@ class NevergradSearch:
         candidate = self.parametrization.spawn_child(new_value=value)
         return Point(list(overrides), value, candidate)
 
-    def tell(self, point: Point, loss: float) -> None:
-        """Tell the optimizer the trial's loss (the objective, negated when maximizing; inf when failed)."""
+    def tell(self, point: Point, loss: float | list[float], violations: list[float] | None = None) -> None:
+        """Tell the optimizer the trial's loss (the objective, negated when maximizing; inf when failed),
+        or with several objectives every one's (Nevergrad then optimises the hypervolume of the front),
+        and how far each constraint is broken (0 when kept)."""
         from nevergrad.common.errors import TellNotAskedNotSupportedError
 
+        several = self.objectives is not None and self.objectives.several
+        if several and (not isinstance(loss, list) or any(math.isinf(x) for x in loss)):
+            # a failed trial has no point in objective space; an infinite one would spoil the
+            # hypervolume's reference point for every later tell
+            log.info("trial %s failed: Nevergrad is not told about it", " ".join(point.overrides))
+            return
         try:
-            self.optimizer.tell(point.candidate, loss)
+            self.optimizer.tell(point.candidate, loss, constraint_violation=violations or None)
         except TellNotAskedNotSupportedError:
             log.warning("Nevergrad's %s cannot be told a point it did not ask: %s is left out",
                         self.optim.optimizer, " ".join(point.overrides))
+
+    def results(self, best: Point, best_loss: float) -> dict[str, Any]:
+        """optimization_results.yaml, as Hydra's Nevergrad sweeper writes it: the best point and its value;
+        with several objectives, Nevergrad's Pareto front instead."""
+        if self.objectives is not None and self.objectives.several:
+            return {"name": "nevergrad", "pareto_front": self.pareto_front()}
+        return {"name": "nevergrad", "best_evaluated_params": best.value,
+                "best_evaluated_result": self.direction * best_loss}
+
+    def pareto_front(self) -> list[dict[str, Any]]:
+        """Nevergrad's Pareto front of the points told: each one's overrides' values and objective values."""
+        front = []
+        for candidate in self.optimizer.pareto_front():
+            values = [float(-x if goal == "maximize" else x) for x, goal in zip(candidate.losses, self.objectives.goals)]
+            front.append({"params": _json_value(candidate.value), "objectives": dict(zip(self.objectives.metrics, values))})
+        return front
 
 
 

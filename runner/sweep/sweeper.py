@@ -31,6 +31,7 @@ from runner.config.checks import sweep_workers_problem
 from runner.errors import ConfigError, RunnerError
 from runner.results import now
 from runner.sweep.journal import Journal
+from runner.sweep.preflight import check_first_trial
 from runner.sweep.outcome import Outcome, Told, record_lost, returned_outcome
 from runner.sweep.progress import SweepProgress
 from runner.sweep.resume import SweepResume
@@ -182,8 +183,10 @@ class StreamingSweeper:
         """Compose the first trial, and each other choice of each config group once, before anything runs:
         a misspelt option stops the sweep now, not after the trials before it."""
         groups = {key: values for key, values in self.search.choices.items() if "." not in key}
-        for overrides in each_value_once(first, groups):
-            self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        for index, overrides in enumerate(each_value_once(first, groups)):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            if index == 0:
+                check_first_trial(cfg)
         self.validated = True
         self.journal.append({"event": "validated", "time": now()})
 
@@ -217,9 +220,8 @@ class StreamingSweeper:
         return outcome
 
     def _tell(self, outcome: Outcome) -> None:
-        self.journal.append({"event": "tell", "number": outcome.number, "status": outcome.status,
-                             "loss": None if math.isinf(outcome.loss) else outcome.loss, "time": now()})
-        self.search.tell(self.points[outcome.number], outcome.loss)
+        self.journal.append(outcome.tell_event(now()))
+        self.search.tell(self.points[outcome.number], outcome.told_loss, violations=outcome.violations)
         self.told.add(outcome.number, outcome.loss)
 
     def _stop_on(self, outcome: Outcome) -> None:
@@ -239,10 +241,5 @@ class StreamingSweeper:
         log.info(self.progress.ended())
         if self.kind != "nevergrad" or self.told.best is None or math.isinf(self.told.best[0]):
             return
-        loss, number = self.told.best
-        direction = -1.0 if self.optim.maximize else 1.0
-        OmegaConf.save(OmegaConf.create({
-            "name": "nevergrad",
-            "best_evaluated_params": self.points[number].value,
-            "best_evaluated_result": direction * loss,
-        }), self.sweep_dir / "optimization_results.yaml")
+        OmegaConf.save(OmegaConf.create(self.search.results(self.points[self.told.best[1]], self.told.best[0])),
+                       self.sweep_dir / "optimization_results.yaml")

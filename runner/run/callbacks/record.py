@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from runner.config.objectives import objectives_of
 from runner.errors import RunnerError
 from runner.results import blank_result, git_state, now, write_json_atomic, write_metrics
 from runner.run.callbacks.base import Callback
@@ -34,6 +35,9 @@ class ResultRecord(Callback):
             started_in=str(context.started_in) if context.started_in else None, command=context.command,
             git_commit=git_state(Path(__file__).parent)["commit"],
             project_git=git_state(context.started_in) if context.started_in else None, started_at=now())
+        objectives = objectives_of(cfg.objective)
+        if objectives.several or objectives.constraints:
+            self.result["objective"].update(objectives.record())
         self.written = False  # runner.run.train writes a fresh run's record at once, a resumed run's once it resumed
 
     def write(self) -> None:
