@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from runner.sweep.journal import Journal
 from runner.sweep.outcome import Outcome, Told, record_lost, returned_outcome
 from runner.sweep.progress import SweepProgress
 from runner.sweep.resume import SweepResume
-from runner.sweep.search import Point, each_value_once, make_search
+from runner.sweep.search import Point
+from runner.sweep.space import compose_each_option, make_search
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +183,7 @@ class StreamingSweeper:
     def _validate(self, first: list[str]) -> None:
         """Compose the first trial, and each other choice of each config group once, before anything runs:
         a misspelt option stops the sweep now, not after the trials before it."""
-        groups = {key: values for key, values in self.search.choices.items() if "." not in key}
-        for overrides in each_value_once(first, groups):
-            self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        compose_each_option(self.search, first, partial(self.hydra_context.config_loader.load_sweep_config, self.config))
         self.validated = True
         self.journal.append({"event": "validated", "time": now()})
 
