@@ -212,16 +212,18 @@ def compose_each_option(search, first: list[str], compose: Callable[[list[str]],
     value of each plain config group, once each: a bad option or key stops the sweep before it starts."""
     for group, samples in getattr(search, "option_samples", {}).items():
         conditional = next(c for c in search.space.conditionals if c.group == group)
+        # the other groups' own keys are left out: each option is judged by its own block alone
+        block_keys = {key for c in search.space.conditionals for key in c.keys}
         for option, sample in samples.items():
-            compose_option(conditional, option, _with_option(first, conditional, sample), compose)
+            compose_option(conditional, option, _with_option(first, conditional, block_keys, sample), compose)
     groups = {key: values for key, values in search.choices.items() if "." not in key}
     for overrides in each_value_once(first, groups):
         compose(list(overrides))
 
 
-def _with_option(first: list[str], conditional: Conditional, sample: list[str]) -> list[str]:
-    """The first trial's overrides with its conditional group's option and keys replaced by `sample`."""
-    owned = conditional.keys | {conditional.group}
+def _with_option(first: list[str], conditional: Conditional, block_keys: set[str], sample: list[str]) -> list[str]:
+    """The first trial's overrides without any block's keys, its conditional group's option replaced by `sample`."""
+    owned = block_keys | {conditional.group}
     position = next((i for i, o in enumerate(first) if o.partition("=")[0] == conditional.group), len(first))
     kept = [o for o in first[:position] if o.partition("=")[0] not in owned]
     return kept + sample + [o for o in first[position:] if o.partition("=")[0] not in owned]
@@ -232,7 +234,7 @@ def compose_option(conditional: Conditional, option: str, overrides: list[str], 
         compose(overrides)
     except Exception:
         own = set(conditional.blocks[option])
-        config = compose([o for o in overrides if o.partition("=")[0] not in own])  # raises if the option itself fails
+        config = compose([o for o in overrides if o.partition("=")[0] not in own])
         missing = [key for key in conditional.blocks[option]
                    if not key.startswith("+") and OmegaConf.select(config, key.lstrip("~"), default=_ABSENT,
                                                                    throw_on_resolution_failure=False) is _ABSENT]
