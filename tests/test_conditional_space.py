@@ -264,7 +264,8 @@ def test_a_missing_key_in_a_block_is_refused_before_any_trial(run_cli, tmp_path)
     sweep_dir = tmp_path / "bad"
     # `~` then `+`: the preset's model block replaced whole, not merged into
     done = run_cli("--multirun", "sweep=conditional", "~hydra.sweeper.params.model",
-                   "+hydra.sweeper.params.model={lenet:{model.dropout:0.1},mlp:{}}", *QUICK, f"hydra.sweep.dir={sweep_dir}")
+                   "+hydra.sweeper.params.model={lenet:{model.dropout:0.1},mlp:{}}", *QUICK,
+                   f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "model.dropout is not a key of the config of model=lenet" in done.stderr
     assert not trials(sweep_dir)

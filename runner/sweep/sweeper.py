@@ -181,9 +181,10 @@ class StreamingSweeper:
         self.running[number] = time.monotonic()
 
     def _validate(self, first: list[str]) -> None:
-        """Compose the first trial, and each other choice of each config group once, before anything runs:
-        a misspelt option stops the sweep now, not after the trials before it."""
-        compose_each_option(self.search, first, partial(self.hydra_context.config_loader.load_sweep_config, self.config))
+        """Compose the first trial, and each other choice of each config group once (with its own keys,
+        runner.sweep.space), before anything runs: a misspelt option stops the sweep now, not later."""
+        compose = partial(self.hydra_context.config_loader.load_sweep_config, self.config)
+        compose_each_option(self.search, first, compose)
         self.validated = True
         self.journal.append({"event": "validated", "time": now()})
 
