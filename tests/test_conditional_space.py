@@ -269,3 +269,36 @@ def test_a_missing_key_in_a_block_is_refused_before_any_trial(run_cli, tmp_path)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "model.dropout is not a key of the config of model=lenet" in done.stderr
     assert not trials(sweep_dir)
+
+
+@pytest.mark.e2e
+def test_a_conditional_sweep_killed_and_resumed_runs_the_same_trials(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
+    base = [sys.executable, "-m", "runner", "--multirun", "sweep=conditional", "hydra.sweeper.optim.budget=4",
+            "hydra.sweeper.optim.seed=2", "dataset=synthetic", "dataset.num_train=512", "trainer.max_epochs=2",
+            "trainer.batch_size=16", "logger=none"]
+    whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([*base, f"hydra.sweep.dir={whole_dir}"], cwd=REPO, env=env, check=True, capture_output=True,
+                   timeout=300)
+    process = subprocess.Popen([*base, f"hydra.sweep.dir={cut_dir}"], cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    def second_trial_mid_way() -> bool:
+        folders = trials(cut_dir) if cut_dir.exists() else []
+        return len(folders) >= 2 and (folders[1] / "checkpoints" / "last.pt").exists()
+
+    while not second_trial_mid_way():
+        assert process.poll() is None and time.monotonic() < deadline, "the sweep was not caught mid-way"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    subprocess.run([*base, f"hydra.sweep.dir={cut_dir}"], cwd=REPO, env=env, check=True, capture_output=True,
+                   timeout=300)
+    assert [p.name for p in trials(whole_dir)] == [p.name for p in trials(cut_dir)]
+    assert_only_own_keys_reach_the_trials(cut_dir, 4)
