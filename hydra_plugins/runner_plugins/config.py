@@ -21,8 +21,10 @@ class GridSweeperConf:
     # at most this many trials at once; null: as many as the launcher runs at once
     # (local: 1, parallel: its slots, slurm: array_parallelism)
     num_workers: Optional[int] = None
-    # the grid, in Hydra's override syntax (`model: lenet,mlp`); the command line adds to it
-    params: Optional[Dict[str, str]] = None
+    # the grid, in Hydra's override syntax (`model: lenet,mlp`); the command line adds to it. A config
+    # group may instead hold one block per option, each with its own keys (`model: {lenet: {}, mlp:
+    # {model.dropout: 0.0,0.3}}`): a conditional space (runner.sweep.space, docs/sweeps.md)
+    params: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -34,7 +36,8 @@ class AskTellSweeperConf:
     # the same fields as Hydra's Nevergrad sweeper: optimizer, budget, num_workers, noisy,
     # maximize, seed, max_failure_rate (over every trial told so far, not per batch)
     optim: OptimConf = field(default_factory=OptimConf)
-    # the search space, in Hydra's override syntax (`optimizer.lr: tag(log, interval(1e-4, 1e-1))`)
+    # the search space, in Hydra's override syntax (`optimizer.lr: tag(log, interval(1e-4, 1e-1))`); a
+    # config group may hold one block per option with its own keys, as for the grid (docs/sweeps.md)
     params: Optional[Dict[str, Any]] = None
 
 

@@ -49,14 +49,7 @@ class GridSearch:
         self.lines = lines
         parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(lines)
         (self.points,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-        # key -> every value it takes, for validating each value once
-        self.choices: dict[str, list[str]] = {}
-        for overrides in self.points:
-            for override in overrides:
-                key, _, _ = override.partition("=")
-                values = self.choices.setdefault(key, [])
-                if override not in values:
-                    values.append(override)
+        self.choices = values_by_key(self.points)
         self.asked = 0
 
     @property
@@ -79,6 +72,16 @@ class GridSearch:
         pass
 
 
+def values_by_key(points: list[list[str]]) -> dict[str, list[str]]:
+    """key -> the overrides of every value it takes in the points, for validating each value once."""
+    choices: dict[str, list[str]] = {}
+    for overrides in points:
+        for override in overrides:
+            values = choices.setdefault(override.partition("=")[0], [])
+            if override not in values:
+                values.append(override)
+    return choices
+
 
 class NevergradSearch:
     """Nevergrad's ask/tell over the space Hydra's Nevergrad sweeper would build from the same lines."""
@@ -87,16 +90,10 @@ class NevergradSearch:
 
     def __init__(self, lines: list[str], optim: DictConfig, config_loader=None, base_config: DictConfig | None = None):
         import nevergrad as ng
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-        from hydra_plugins.hydra_nevergrad_sweeper._impl import create_nevergrad_parameter_from_override
 
         self.lines = lines
         self.optim = optim
-        parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(lines)
-        for override in parsed:
-            check_dimension(override, base_config)
-        params = {override.get_key_element(): create_nevergrad_parameter_from_override(override)
-                  for override in parsed}
+        params = self._parameters(lines, config_loader, base_config)
         # key -> the overrides of every option of a choice, for validating each option once
         self.choices = {key: [f"{key}={option}" for option in param.choices.value]
                         for key, param in params.items() if isinstance(param, ng.p.Choice)}
@@ -108,6 +105,16 @@ class NevergradSearch:
         self.direction = -1.0 if optim.maximize else 1.0
         # several objectives: Nevergrad is told a loss per objective and keeps a Pareto front
         self.objectives = objectives_of(base_config.objective) if base_config is not None else None
+
+    def _parameters(self, lines: list[str], config_loader, base_config: DictConfig | None) -> dict[str, Any]:
+        """key -> the Nevergrad parameter Hydra's Nevergrad sweeper builds from each line."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra_plugins.hydra_nevergrad_sweeper._impl import create_nevergrad_parameter_from_override
+
+        parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(lines)
+        for override in parsed:
+            check_dimension(override, base_config)
+        return {override.get_key_element(): create_nevergrad_parameter_from_override(override) for override in parsed}
 
     @property
     def budget(self) -> int:
@@ -208,7 +215,9 @@ def _json_value(value: dict[str, Any]) -> dict[str, Any]:
     """A candidate's value with numpy scalars made plain numbers, so the journal can hold it."""
     plain = {}
     for key, item in value.items():
-        if hasattr(item, "item") and not isinstance(item, (str, bytes)):
+        if isinstance(item, dict):
+            item = _json_value(item)  # a conditional group's branch (runner.sweep.space)
+        elif hasattr(item, "item") and not isinstance(item, (str, bytes)):
             item = item.item()
         plain[key] = item
     return plain

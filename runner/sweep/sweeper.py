@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from runner.sweep.preflight import check_first_trial
 from runner.sweep.outcome import Outcome, Told, record_lost, returned_outcome
 from runner.sweep.progress import SweepProgress
 from runner.sweep.resume import SweepResume
-from runner.sweep.search import Point, each_value_once, make_search
+from runner.sweep.search import Point
+from runner.sweep.space import compose_each_option, make_search
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +182,12 @@ class StreamingSweeper:
         self.running[number] = time.monotonic()
 
     def _validate(self, first: list[str]) -> None:
-        """Compose the first trial, and each other choice of each config group once, before anything runs:
-        a misspelt option stops the sweep now, not after the trials before it."""
-        groups = {key: values for key, values in self.search.choices.items() if "." not in key}
-        for index, overrides in enumerate(each_value_once(first, groups)):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            if index == 0:
-                check_first_trial(cfg)
+        """Compose the first trial, and each other choice of each config group once (with its own keys,
+        runner.sweep.space), before anything runs: a misspelt option stops the sweep now, not later; then
+        check the first trial's config as the trial would (a mistake there fails every trial alike)."""
+        compose = partial(self.hydra_context.config_loader.load_sweep_config, self.config)
+        compose_each_option(self.search, first, compose)
+        check_first_trial(compose(list(first)))
         self.validated = True
         self.journal.append({"event": "validated", "time": now()})
 
