@@ -2,7 +2,7 @@
 
 For each seed, runs `sweep=pareto` (val/acc up, model/params down, over the MLP's width and the
 learning rate) through the real CLI twice with the same budget: once with the preset's optimizer
-(DE), once with RandomSearch. Each sweep's front is read from its report (summary.csv) and scored by
+(NGOpt), once with RandomSearch. Each sweep's front is read from its report (summary.csv) and scored by
 its hypervolume (nevergrad's HypervolumeIndicator) in the normalised space (1 - val/acc,
 model/params / the widest option's count), reference point (1, 1): the area the front dominates,
 larger is better. Prints, and never asserts: each sweep's hypervolume, front size and wall time, and
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24, help="the budget of each sweep (24)")
     parser.add_argument("--epochs", type=int, default=3, help="trainer.max_epochs (3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (0 1 2)")
-    parser.add_argument("--optimizers", nargs="+", default=["DE", "RandomSearch"], help="(DE RandomSearch)")
+    parser.add_argument("--optimizers", nargs="+", default=["NGOpt", "RandomSearch"], help="(NGOpt RandomSearch)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the sweeps and the summary")
     parser.add_argument("overrides", nargs="*", help="after --: overrides for every sweep")
     args = parser.parse_args()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 from runner.report.pbt import pbt_records
-from runner.report.ranking import Sweep, by_number
+from runner.report.ranking import Sweep, by_number, describe
 from runner.files import write_bytes_atomic
 
 PLOT_FILE = "report.png"
@@ -30,7 +30,7 @@ def draw_report_png(sweep: Sweep) -> None:
     figure = Figure(figsize=(5.2 * columns, 3.8 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    figure.suptitle(f"{sweep.path.name}: {sweep.metric} ({sweep.goal})")
+    figure.suptitle(f"{sweep.path.name}: {describe(sweep.objectives)}")
     _draw_objective_per_trial(axes[0], sweep)
     _draw_learning_curves(axes[1], sweep)
     for ax in axes[:2]:
