@@ -366,7 +366,7 @@ def test_a_resumed_sweep_tells_the_optimizer_in_the_journal_order_whatever_order
 
     told = []
     tell = NevergradSearch.tell
-    monkeypatch.setattr(NevergradSearch, "tell", lambda self, point, loss: (told.append(point.overrides),
+    monkeypatch.setattr(NevergradSearch, "tell", lambda self, point, loss, violations=None: (told.append(point.overrides),
                                                                             tell(self, point, loss)))
     scripted_sweep(sweep_dir, pick=-1)  # this time the newest ends first
     number_of = {tuple(e["overrides"]): e["number"] for e in asks}
