@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from runner.report.trials import SweepReportError, Trial, collect_trials
@@ -24,6 +25,13 @@ class Sweep:
 
     def rank_of(self, trial: Trial) -> int | None:
         return self.trials.index(trial) + 1 if trial.ranked else None
+
+    @cached_property
+    def importance(self):
+        """How much each swept parameter mattered to the objective (runner.report.importance), once per Sweep."""
+        from runner.report.importance import parameter_importance
+
+        return parameter_importance(self)
 
     def numeric_parameters(self) -> list[str]:
         return [key for key, values in self.parameters.items() if all(is_number(v) for v in values.values())]
