@@ -23,6 +23,8 @@ class GridSweeperConf:
     num_workers: Optional[int] = None
     # the grid, in Hydra's override syntax (`model: lenet,mlp`); the command line adds to it
     params: Optional[Dict[str, str]] = None
+    # print the trials the sweep would launch and run none (`python -m runner -m ... --dry-run`)
+    dry_run: bool = False
 
 
 @dataclass
@@ -36,6 +38,8 @@ class AskTellSweeperConf:
     optim: OptimConf = field(default_factory=OptimConf)
     # the search space, in Hydra's override syntax (`optimizer.lr: tag(log, interval(1e-4, 1e-1))`)
     params: Optional[Dict[str, Any]] = None
+    # print the first points the sweep would launch and run none (`python -m runner -m ... --dry-run`)
+    dry_run: bool = False
 
 
 @dataclass

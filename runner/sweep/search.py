@@ -177,6 +177,14 @@ def each_value_once(first: list[str], choices: dict[str, list[str]]) -> list[lis
     return variants
 
 
+def compose_each_choice(search, first: list[str], config_loader, config: DictConfig) -> None:
+    """Compose the first trial, and each other choice of each config group once: a misspelt option
+    stops the sweep before anything runs, not after the trials before it."""
+    groups = {key: values for key, values in search.choices.items() if "." not in key}
+    for overrides in each_value_once(first, groups):
+        config_loader.load_sweep_config(config, list(overrides))
+
+
 def _json_value(value: dict[str, Any]) -> dict[str, Any]:
     """A candidate's value with numpy scalars made plain numbers, so the journal can hold it."""
     plain = {}
