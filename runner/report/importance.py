@@ -14,14 +14,10 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from runner.files import write_text_atomic
 
-if TYPE_CHECKING:
-    from runner.report.ranking import Sweep
-    from runner.report.trials import Trial
-
+# runner.report.ranking imports this module (Sweep.importance): "Sweep" and "Trial" stay names here
 IMPORTANCE_FILE = "importance.csv"
 # fewer completed trials than this: a forest over a handful of points ranks noise
 MIN_TRIALS = 10
@@ -50,11 +46,11 @@ class Importance:
         return bool(self.shares)
 
 
-def completed_trials(sweep: Sweep) -> list[Trial]:
+def completed_trials(sweep: "Sweep") -> list["Trial"]:
     return [t for t in sweep.trials if t.status == "completed" and t.value is not None]
 
 
-def parameter_importance(sweep: Sweep) -> Importance:
+def parameter_importance(sweep: "Sweep") -> Importance:
     """The importance of every parameter the sweep varied for its objective, over its completed trials."""
     trials = completed_trials(sweep)
     if not sweep.parameters:
@@ -102,7 +98,7 @@ def encoded(values: dict[str, object], names: list[str]) -> list[float]:
     return [codes.get(name, absent) for name in names]
 
 
-def format_importance(sweep: Sweep) -> str | None:
+def format_importance(sweep: "Sweep") -> str | None:
     """The line above the ranked table: each parameter's share, or why there is none; None when the
     sweep varied nothing."""
     importance = sweep.importance
@@ -114,7 +110,7 @@ def format_importance(sweep: Sweep) -> str | None:
     return f"Importance ({METHOD}, {importance.trials} completed trials): {shares}"
 
 
-def importance_record(sweep: Sweep) -> dict:
+def importance_record(sweep: "Sweep") -> dict:
     """The importance as plain data (for `--json`)."""
     importance = sweep.importance
     return {
@@ -130,7 +126,7 @@ def importance_record(sweep: Sweep) -> dict:
     }
 
 
-def write_importance_csv(sweep: Sweep) -> None:
+def write_importance_csv(sweep: "Sweep") -> None:
     """importance.csv, most important first; no file while the importance cannot be estimated."""
     path = sweep.path / IMPORTANCE_FILE
     record = importance_record(sweep)
