@@ -25,6 +25,8 @@ class GridSweeperConf:
     # group may instead hold one block per option, each with its own keys (`model: {lenet: {}, mlp:
     # {model.dropout: 0.0,0.3}}`): a conditional space (runner.sweep.space, docs/sweeps.md)
     params: Optional[Dict[str, Any]] = None
+    # print the trials the sweep would launch and run none (`python -m runner -m ... --dry-run`)
+    dry_run: bool = False
 
 
 @dataclass
@@ -39,6 +41,8 @@ class AskTellSweeperConf:
     # the search space, in Hydra's override syntax (`optimizer.lr: tag(log, interval(1e-4, 1e-1))`); a
     # config group may hold one block per option with its own keys, as for the grid (docs/sweeps.md)
     params: Optional[Dict[str, Any]] = None
+    # print the first points the sweep would launch and run none (`python -m runner -m ... --dry-run`)
+    dry_run: bool = False
 
 
 @dataclass

@@ -14,11 +14,12 @@ class _Streaming(Sweeper):
     def kind(self) -> str:
         """What is searched: "grid" or "nevergrad"."""
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, dry_run: bool = False, **settings: Any) -> None:
         # imported here: Hydra imports this module at every start, even for --help
+        from runner.sweep.dry_run import SweepPreview
         from runner.sweep.sweeper import StreamingSweeper
 
-        self.impl = StreamingSweeper(kind=self.kind, **settings)
+        self.impl = (SweepPreview if dry_run else StreamingSweeper)(kind=self.kind, **settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -1,13 +1,15 @@
-"""`python -m runner.report SWEEP_DIR [--watch [SECONDS]] [--tracker NAME]`: write the report and print
-the table once, or redraw it while the sweep runs."""
+"""`python -m runner.report SWEEP_DIR [--watch [SECONDS]] [--tracker NAME] [--json]`: write the report and
+print the table once, redraw it while the sweep runs, or print the report as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
+from runner.report.document import report_document
 from runner.report.drawing import PLOT_FILE
 from runner.report.files import BEST_FILE, HISTORY_FILE, SUMMARY_FILE
 from runner.report.hparams import HPARAMS_DIR
@@ -60,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also send the summary to this tracker, which the trials logged to: the sweep's run gets the "
         "shared settings as params, the ranked table and report.png, each trial's run its rank",
     )
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON document (objective, "
+                        "best, importance, every trial ranked) and write nothing")
     args = parser.parse_args(argv)
+    if args.json and (args.tracker or args.watch is not None):
+        parser.error("--json prints the report once and writes nothing: use it without --watch and --tracker")
     if args.tracker and args.watch is not None:
         parser.error("--tracker sends the summary once: use it without --watch")
     if not args.sweep_dir.is_dir():
@@ -74,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 0
     try:
+        if args.json:
+            print(json.dumps(report_document(load_sweep(args.sweep_dir)), indent=2))
+            return 0
         sweep = report(args.sweep_dir)
     except SweepReportError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+from runner.report.parallel import spans_decades
 from runner.report.pbt import pbt_records
 from runner.report.ranking import Sweep, by_number, describe
 from runner.files import write_bytes_atomic
@@ -139,8 +140,7 @@ def _draw_objective_against(ax, sweep: Sweep, key: str) -> None:
         return
     xs = [x for x, _ in points]
     ax.scatter(xs, [y for _, y in points], color="tab:blue")
-    # learning rates and weight decays are swept over decades
-    if min(xs) > 0 and max(xs) / min(xs) >= 100:
+    if spans_decades(xs):
         ax.set_xscale("log")
     if sweep.best and sweep.best.name in values:
         _mark_best(ax, values[sweep.best.name], sweep.best.value)

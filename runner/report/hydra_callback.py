@@ -13,6 +13,7 @@ from runner.report.table import format_table
 from runner.report.trackers import push_to_tracker, takes_sweeps
 from runner.report.trials import SweepReportError
 from runner.report.writing import prepare_report, report
+from runner.sweep.dry_run import is_dry_run
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ class SweepReport(Callback):
         self.preparing.start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if is_dry_run(config):
+            return  # nothing ran: no report
         preparing = getattr(self, "preparing", None)
         if preparing is not None:
             preparing.join()

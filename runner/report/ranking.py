@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from runner.config.objectives import Objectives, objectives_of, pareto_fronts
@@ -45,6 +46,12 @@ class Sweep:
         if not self.objectives.several:
             return [trial.value]
         return self.objectives.values(trial.best_metrics)
+    @cached_property
+    def importance(self):
+        """How much each swept parameter mattered to the objective (runner.report.importance), once per Sweep."""
+        from runner.report.importance import parameter_importance
+
+        return parameter_importance(self)
 
     def numeric_parameters(self) -> list[str]:
         return [key for key, values in self.parameters.items() if all(is_number(v) for v in values.values())]

@@ -9,6 +9,8 @@ from filelock import FileLock
 from runner.report.drawing import draw_report_png
 from runner.report.files import write_best_yaml, write_history_csv, write_summary_csv
 from runner.report.hparams import write_tensorboard_hparams
+from runner.report.importance import write_importance_csv
+from runner.report.parallel import draw_parameters_png
 from runner.report.ranking import Sweep, load_sweep
 from runner.report.trials import SweepReportError
 
@@ -17,11 +19,14 @@ LOCK_FILE = ".report.lock"
 
 def prepare_report() -> None:
     """Load what writing the report loads the first time (TensorBoard's writer, matplotlib and its
-    fonts), writing nothing: done while a sweep's last trials run, the report after them is quick."""
+    fonts, scikit-learn's forest), writing nothing: done while a sweep's last trials run, the report
+    after them is quick."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from sklearn.ensemble import RandomForestRegressor  # noqa: F401  (the parameters' importance)
+    from sklearn.inspection import permutation_importance  # noqa: F401
     from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: F401
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2  # noqa: F401
     from tensorboard.summary.writer.record_writer import RecordWriter  # noqa: F401
@@ -49,6 +54,8 @@ def write_report(sweep: Sweep) -> None:
             write_best_yaml(sweep)
             write_tensorboard_hparams(sweep)
             draw_report_png(sweep)
+            write_importance_csv(sweep)
+            draw_parameters_png(sweep)
     except OSError as error:
         # typically a colleague's sweep folder, readable but not writable
         raise SweepReportError(f"cannot write the report into {sweep.path}: {error}") from error

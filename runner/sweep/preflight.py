@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.results import FAIL_FAST_MARKER
+from runner.sweep.dry_run import is_dry_run
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +23,22 @@ RUNNER_SWEEPERS = "hydra_plugins.runner_plugins."
 
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if is_dry_run(config):
+            stop("--dry-run (hydra.sweeper.dry_run=true) previews a sweep's trials: add --multirun")
         require_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        require_writable(sweep_dir, "hydra.sweep.dir")
+        dry_run = is_dry_run(config)  # writes nothing, not even the sweep folder
+        if not dry_run:
+            require_writable(sweep_dir, "hydra.sweep.dir")
         from runner.config.checks import fail_fast_problem
 
         if problem := fail_fast_problem(config):
             stop(problem)
         # a rerun of a sweep that stopped on fail_fast starts afresh
-        (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)
+        if not dry_run:
+            (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)
         # the runner's own sweepers check their settings themselves, once their workers are starting
         optim = config.hydra.sweeper.get("optim")
         if optim is not None and not config.hydra.sweeper._target_.startswith(RUNNER_SWEEPERS):
@@ -78,21 +84,3 @@ def check_pbt(config: DictConfig) -> None:
     if problems:
         stop(bullets(problems))
 
-
-def check_first_trial(cfg: DictConfig) -> None:
-    """The first trial's config, checked as the trial would check it (runner.config.checks.validate) and
-    its objectives and constraints against the metrics it records, before any trial runs: a mistake
-    there would fail every trial of the sweep alike. Raises one ConfigError listing every problem."""
-    from omegaconf import OmegaConf, open_dict
-
-    from runner.config.checks import validate
-    from runner.config.problems import bullets
-    from runner.errors import ConfigError
-    from runner.run.build import declared_objective_problems
-
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    validate(cfg)
-    if problems := declared_objective_problems(cfg):
-        raise ConfigError(bullets(problems))

@@ -21,12 +21,14 @@ import itertools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError
 from runner.sweep import search as plain_search
+from runner.sweep.trial_checks import check_first_trial
 from runner.sweep.search import GridSearch, NevergradSearch, Point, check_optim, each_value_once, values_by_key
 
 
@@ -250,3 +252,12 @@ def compose_option(conditional: Conditional, option: str, overrides: list[str], 
 
 
 _ABSENT = object()
+
+
+def validate_first_trials(search, first: list[str], config_loader, config: DictConfig) -> None:
+    """Before any trial runs: compose the first trial and each option of each swept group once (with its
+    own keys), then check the first trial's config as the trial would (runner.sweep.preflight): a
+    misspelt option or a bad objective stops the sweep now, not after the trials before it."""
+    compose = partial(config_loader.load_sweep_config, config)
+    compose_each_option(search, first, compose)
+    check_first_trial(compose(list(first)))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,11 @@ from runner.config.checks import sweep_workers_problem
 from runner.errors import ConfigError, RunnerError
 from runner.results import now
 from runner.sweep.journal import Journal
-from runner.sweep.preflight import check_first_trial
 from runner.sweep.outcome import Outcome, Told, record_lost, returned_outcome
 from runner.sweep.progress import SweepProgress
 from runner.sweep.resume import SweepResume
 from runner.sweep.search import Point
-from runner.sweep.space import compose_each_option, make_search
+from runner.sweep.space import make_search, validate_first_trials
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +51,22 @@ def notify_last_trials(callbacks, config: DictConfig) -> None:
             callback.on_last_trials(config=config)
 
 
+def trial_pool(kind: str, wanted: int | None, hydra_context, task_function, config: DictConfig):
+    """The pool the sweep's trials run in, over the launcher `hydra/launcher` names, not started yet, and
+    how many trials run at once: min(wanted, what the launcher runs at once); None: no limit."""
+    from hydra.core.plugins import Plugins
+
+    from launchers.pools import pool_for
+
+    if problem := sweep_workers_problem(kind, wanted):
+        raise ConfigError(problem)
+    launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function,
+                                                       config=config)
+    pool = pool_for(launcher, hydra_context, task_function, config)
+    limits = [n for n in (wanted, pool.capacity) if n is not None]
+    return pool, min(limits) if limits else None
+
+
 class StreamingSweeper:
     def __init__(self, kind: str, num_workers: int | None = None, params: Any = None, optim: Any = None):
         self.kind = kind
@@ -63,19 +77,9 @@ class StreamingSweeper:
 
     # ------------------------------------------------------------------ setup
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
-
-        from launchers.pools import pool_for
-
         self.hydra_context, self.config = hydra_context, config
         wanted = self.optim.num_workers if self.kind == "nevergrad" else self.num_workers
-        if problem := sweep_workers_problem(self.kind, wanted):
-            raise ConfigError(problem)
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
-        self.pool = pool_for(self.launcher, hydra_context, task_function, config)
-        limits = [n for n in (wanted, self.pool.capacity) if n is not None]
-        self.limit = min(limits) if limits else None
+        self.pool, self.limit = trial_pool(self.kind, wanted, hydra_context, task_function, config)
         # workers start now: their Python and torch load while the search space is built
         self.pool.start(self.limit or 1)
 
@@ -185,9 +189,7 @@ class StreamingSweeper:
         """Compose the first trial, and each other choice of each config group once (with its own keys,
         runner.sweep.space), before anything runs: a misspelt option stops the sweep now, not later; then
         check the first trial's config as the trial would (a mistake there fails every trial alike)."""
-        compose = partial(self.hydra_context.config_loader.load_sweep_config, self.config)
-        compose_each_option(self.search, first, compose)
-        check_first_trial(compose(list(first)))
+        validate_first_trials(self.search, first, self.hydra_context.config_loader, self.config)
         self.validated = True
         self.journal.append({"event": "validated", "time": now()})
 
