@@ -86,6 +86,11 @@ def test_a_grid_over_two_objectives_ends_with_its_front(run_cli, tmp_path):
                              text=True)
     assert printed.returncode == 0, printed.stderr
     assert f"Pareto front: 1 trial(s), no one better on every objective: #{kept[0]['number']}" in printed.stdout
+    document = json.loads(subprocess.run([sys.executable, "-m", "runner.report", str(sweep_dir), "--json"], cwd=REPO,
+                                         capture_output=True, text=True, check=True).stdout)
+    assert document["pareto_front"] == [int(kept[0]["number"])]
+    assert {t["number"]: t["constraints_broken"] for t in document["trials"]}[int(broken[0]["number"])] == [
+        "model/params <= 4000"]
 
 
 def test_nevergrad_is_told_every_objective_and_reports_its_front(run_cli, tmp_path):

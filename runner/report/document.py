@@ -17,6 +17,10 @@ def report_document(sweep: Sweep) -> dict:
     return {
         "sweep_dir": str(sweep.path),
         "objective": {"metric": sweep.metric, "goal": sweep.goal},
+        # every objective (one unless objective.metrics names several) and the constraints
+        "objectives": [{"metric": m, "goal": g} for m, g in zip(sweep.objectives.metrics, sweep.objectives.goals)],
+        "constraints": [str(c) for c in sweep.objectives.constraints],
+        "pareto_front": [t.number for t in sweep.front] if sweep.objectives.several else None,
         "counts": {status: counts[status] for status in STATUSES},
         "parameters": list(sweep.parameters),
         "best": trial_record(sweep, sweep.best) if sweep.best is not None else None,
@@ -33,6 +37,9 @@ def trial_record(sweep: Sweep, trial: Trial) -> dict:
         "name": trial.name,
         "status": trial.status,
         "value": trial.value,
+        "values": dict(zip(sweep.objectives.metrics, sweep.values(trial))),
+        "front": sweep.fronts.get(trial.name),
+        "constraints_broken": sweep.broken.get(trial.name, []),
         "best_epoch": trial.best_epoch,
         "epochs": trial.epochs,
         "duration_s": trial.duration_s,
