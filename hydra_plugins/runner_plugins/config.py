@@ -23,6 +23,8 @@ class GridSweeperConf:
     num_workers: Optional[int] = None
     # the grid, in Hydra's override syntax (`model: lenet,mlp`); the command line adds to it
     params: Optional[Dict[str, str]] = None
+    # run each configuration this many times, trainer.seed=seed..seed+repeats-1 (docs/sweeps.md)
+    repeats: Any = 1
 
 
 @dataclass
@@ -36,6 +38,9 @@ class AskTellSweeperConf:
     optim: OptimConf = field(default_factory=OptimConf)
     # the search space, in Hydra's override syntax (`optimizer.lr: tag(log, interval(1e-4, 1e-1))`)
     params: Optional[Dict[str, Any]] = None
+    # run each configuration this many times (seeds seed..seed+repeats-1), tell the mean; the
+    # budget counts configurations (docs/sweeps.md)
+    repeats: Any = 1
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from runner.report.groups import GROUP_COLUMNS, group_columns, group_record, rank_groups
 from runner.report.pbt import pbt_lineage
 from runner.report.ranking import Sweep, by_number
 from runner.report.trials import rerun_command
@@ -24,7 +25,8 @@ def write_summary_csv(sweep: Sweep) -> None:
     """One row per trial, ranked; final/<metric> and best/<metric> columns for every metric any trial has."""
     metrics = union(list(t.final_metrics) + list(t.best_metrics) for t in sweep.trials)
     tests = union(list(t.test_metrics) for t in sweep.trials)
-    columns = [
+    groups = rank_groups(sweep)
+    columns = [*(GROUP_COLUMNS if groups else []),
         "rank", "number", "name", "status", "objective", "best_epoch", "epochs", "duration_s", "reason", "overrides",
         *(f"final/{m}" for m in metrics), *(f"best/{m}" for m in metrics), *tests,
     ]  # fmt: skip
@@ -45,6 +47,7 @@ def write_summary_csv(sweep: Sweep) -> None:
         row.update({f"final/{m}": v for m, v in trial.final_metrics.items()})
         row.update({f"best/{m}": v for m, v in trial.best_metrics.items()})
         row.update(trial.test_metrics)
+        row.update(group_columns(groups, trial))
         rows.append(row)
     _write_csv(sweep.path / SUMMARY_FILE, columns, rows)
 
@@ -75,6 +78,9 @@ def write_best_yaml(sweep: Sweep) -> None:
         "test_metrics": best.test_metrics or None,
         "run_dir": str(best.path),
     }
+    groups = rank_groups(sweep)
+    if groups is not None:
+        record["group"] = group_record(groups)
     lineage = pbt_lineage(best)
     if lineage is not None:
         record["pbt"] = lineage

@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 from runner.report.cells import cell_text, duration_text, number_text, shorten
+from runner.report.groups import format_groups, rank_groups
 from runner.report.pbt import format_pbt
 from runner.report.ranking import Sweep, by_number
 from runner.report.trials import STATUSES, rerun_command
@@ -33,6 +34,8 @@ def format_table(sweep: Sweep) -> str:
             lines.append(f"  (from {sweep.best.started_in})")
     else:
         lines.append("Best: none yet (no trial has an objective value)")
+    if (groups := rank_groups(sweep)) is not None:
+        lines.append(format_groups(groups, sweep.metric))
     tested = any(t.test_metrics for t in sweep.trials)
     header = ["rank", "#", "status", sweep.metric, "at epoch", *([objective_on_test(sweep)] if tested else []), "epochs",
               "time", *sweep.parameters, "reason"]
