@@ -87,16 +87,14 @@ class Fit:
         self.forward, self.eval_forward = place_model(self.model, self.device, self.ranks, self.channels_last,
                                                       trainer.compile)
         # one optimizer unless the task builds its own (runner.run.steps); the first is the scheduler's
-        self.optimizers = build_optimizers(self.task, self.model, build(cfg.optimizer, "optimizer"),
-                                           cfg.optimizer._target_)
+        self.optimizers = build_optimizers(self.task, self.model, build(cfg.optimizer, "optimizer"), cfg.optimizer._target_)
         self.optimizer = next(iter(self.optimizers.values()))
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.scheduler_interval = cfg.scheduler.get("interval") if cfg.scheduler else None
         self.scheduler_monitor = cfg.scheduler.get("monitor") if cfg.scheduler else None
         self.autocast_dtype, self.scaler = mixed_precision(trainer.precision, self.device)
         # a task's own training_step replaces the default batch step (chosen once: no cost per batch)
-        step = own_step(self)
-        if step is not None:
+        if (step := own_step(self)) is not None:
             self._step = step
         self.train_metrics = self.task.new_metrics().to(self.device)
         self.eval_metrics = self.task.new_metrics().to(self.device)
