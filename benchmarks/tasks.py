@@ -8,6 +8,9 @@ it asserts nothing.
 
     python benchmarks/tasks.py                      # every preset
     python benchmarks/tasks.py regression digits    # some of them
+
+The sequence and generative presets (ctc_digits, language_model, vae_mnist) are printed beside their
+plain references instead (benchmarks/sequence_baselines.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.sequence_baselines import SEQUENCE_PRESETS, reference  # noqa: E402
 
 # preset: (dataset builder call, the metric reported, what the issue asks of it, the scikit-learn model)
 PRESETS = {
@@ -82,16 +87,17 @@ def run_preset(preset: str, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("presets", nargs="*", help=f"presets to run, of {', '.join(PRESETS)} (default: all)")
+    parser.add_argument("presets", nargs="*", help=f"presets to run, of {', '.join([*PRESETS, *SEQUENCE_PRESETS])} "
+                                                   f"(default: all)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the runs and summary.json")
     args = parser.parse_args()
-    unknown = [p for p in args.presets if p not in PRESETS]
+    unknown = [p for p in args.presets if p not in PRESETS and p not in SEQUENCE_PRESETS]
     if unknown:
-        parser.error(f"unknown preset {unknown[0]!r}; use some of: {', '.join(PRESETS)}")
+        parser.error(f"unknown preset {unknown[0]!r}; use some of: {', '.join([*PRESETS, *SEQUENCE_PRESETS])}")
     out = args.out or REPO / "outputs" / "benchmarks" / "tasks" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for preset in args.presets or PRESETS:
+    for preset in [p for p in args.presets or PRESETS if p in PRESETS]:
         name, metric, target, baseline = PRESETS[preset]
         run = run_preset(preset, out)
         rows.append({"preset": preset, "dataset": name, "metric": metric, "runner": run["best_metrics"][metric],
@@ -99,13 +105,36 @@ def main() -> None:
                      "sklearn": sklearn_score(name, metric), "baseline": baseline, "target": target,
                      "epochs": run["epochs"], "wall_s": run["wall_s"]})
         print(f"{preset}: done in {run['wall_s']} s", file=sys.stderr)
-    header = f"{'experiment':<24}{'metric':<9}{'runner':>8}{'sklearn':>9}  {'target':<8}{'best epoch (by)':<22}{'wall':>7}  baseline"
-    print(header)
+    header = "" if not rows else f"{'experiment':<24}{'metric':<9}{'runner':>8}{'sklearn':>9}  {'target':<8}{'best epoch (by)':<22}{'wall':>7}  baseline"
+    if rows:
+        print(header)
     for r in rows:
         print(f"{r['preset']:<24}{r['metric']:<9}{r['runner']:>8.3f}{r['sklearn']:>9.3f}  {r['target']:<8}"
               f"{str(r['best_epoch']) + ' of ' + str(r['epochs']) + ' (' + r['objective'] + ')':<22}{r['wall_s']:>6}s  {r['baseline']}")
+    rows += sequence_rows([p for p in args.presets or SEQUENCE_PRESETS if p in SEQUENCE_PRESETS], out)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nwritten to {out / 'summary.json'}")
+
+
+def sequence_rows(presets: list[str], out: Path) -> list[dict]:
+    """The sequence and generative presets beside their plain references (benchmarks/sequence_baselines.py)."""
+    rows = []
+    for preset in presets:
+        metric, name = SEQUENCE_PRESETS[preset]
+        run = run_preset(preset, out)
+        row = {"preset": preset, "metric": metric, "runner": run["best_metrics"][metric],
+               "best_epoch": run["objective"]["epoch"], "epochs": run["epochs"], "wall_s": run["wall_s"],
+               "baseline": name, **reference(preset, out / preset, str(REPO / "data"))}
+        rows.append(row)
+    if rows:
+        print(f"\n{'experiment':<16}{'metric':<16}{'runner':>9}{'reference':>11}  {'epochs':<8}{'wall':>7}  reference")
+    for r in rows:
+        print(f"{r['preset']:<16}{r['metric']:<16}{r['runner']:>9.3f}{r['reference']:>11.3f}  {r['epochs']:<8}"
+              f"{r['wall_s']:>6}s  {r['baseline']}")
+        if "per_epoch" in r:
+            for label, values in r["per_epoch"].items():
+                print(f"  {label + ' ' + r['metric'] + ' per epoch:':<32}" + " ".join(f"{v:.1f}" for v in values))
+    return rows
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ class Classification(Task):
                 log.info("metric %s left out: top_k=%d is not below the %d classes", name, top_k, num_outputs)
                 del self.metrics[name]
         self.input, self.target = "logits", "index"
+        refuse_binary_metrics(self.metrics, num_outputs)
 
     def bind_loss(self, criterion: Callable, input: str = "logits", target: str = "index") -> None:
         for key, value, allowed in (("input", input, self.INPUTS), ("target", target, self.TARGETS)):
@@ -143,6 +144,17 @@ class Classification(Task):
 
     def media(self, num_samples: int) -> MediaCollector:
         return ClassificationMedia(self.num_outputs, num_samples)
+
+
+def refuse_binary_metrics(metrics: dict[str, Any], num_classes: int) -> None:
+    """A Binary* metric takes one probability per sample: it cannot read a score per class."""
+    for name, metric in metrics.items():
+        if type(metric).__name__.startswith("Binary"):
+            advice = ("use task=binary, which feeds it the positive class's probability" if num_classes <= 2 else
+                      f"use the Multiclass metric with num_classes={num_classes}, or task=binary for two classes")
+            raise ValueError(f"metric task.metrics.{name} ({type(metric).__name__}) is a binary metric, but task "
+                             f"'classification' gives it {num_classes} class scores per sample (a model of "
+                             f"{num_classes} outputs): {advice}")
 
 
 # ---------------------------------------------------------------- multilabel

@@ -83,7 +83,7 @@ def test_metrics_are_added_and_dropped_from_the_command_line(run_cli, tmp_path):
      ["refers to dataset.num_classes, which the composed config does not have",
       "needs a dataset that declares num_classes"]),
     (["experiment=tabular_classification", "dataset=diabetes", "task.num_outputs=2"],
-     ["classification targets must be class indices", "task=regression"]),
+     ["targets must be class indices", "task=regression"]),
     (["dataset=synthetic", "model=mlp", "+task.metrics.per_class={_target_: torchmetrics.classification.MulticlassAccuracy, num_classes: 10, average: none}"],
      ["metric task.metrics.per_class gives float32 (10,), not one number"]),
 ])

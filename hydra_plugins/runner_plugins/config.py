@@ -27,6 +27,8 @@ class GridSweeperConf:
     params: Optional[Dict[str, Any]] = None
     # print the trials the sweep would launch and run none (`python -m runner -m ... --dry-run`)
     dry_run: bool = False
+    # run each configuration this many times, trainer.seed=seed..seed+repeats-1 (docs/sweeps.md)
+    repeats: Any = 1
 
 
 @dataclass
@@ -43,6 +45,9 @@ class AskTellSweeperConf:
     params: Optional[Dict[str, Any]] = None
     # print the first points the sweep would launch and run none (`python -m runner -m ... --dry-run`)
     dry_run: bool = False
+    # run each configuration this many times (seeds seed..seed+repeats-1), tell the mean; the
+    # budget counts configurations (docs/sweeps.md)
+    repeats: Any = 1
 
 
 @dataclass

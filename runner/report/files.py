@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from runner.report.groups import GROUP_COLUMNS, group_columns, group_record, rank_groups
 from runner.report.pbt import pbt_lineage
 from runner.report.ranking import Sweep, by_number
 from runner.report.trials import rerun_command
@@ -25,7 +26,8 @@ def write_summary_csv(sweep: Sweep) -> None:
     metrics = union(list(t.final_metrics) + list(t.best_metrics) for t in sweep.trials)
     tests = union(list(t.test_metrics) for t in sweep.trials)
     several, constrained = sweep.objectives.several, bool(sweep.objectives.constraints)
-    columns = [
+    groups = rank_groups(sweep)
+    columns = [*(GROUP_COLUMNS if groups else []),
         "rank", "number", "name", "status", *(["front"] if several else []), "objective",
         *(["constraints_broken"] if constrained else []), "best_epoch", "epochs", "duration_s", "reason", "overrides",
         *(f"final/{m}" for m in metrics), *(f"best/{m}" for m in metrics), *tests,
@@ -51,6 +53,7 @@ def write_summary_csv(sweep: Sweep) -> None:
         row.update({f"final/{m}": v for m, v in trial.final_metrics.items()})
         row.update({f"best/{m}": v for m, v in trial.best_metrics.items()})
         row.update(trial.test_metrics)
+        row.update(group_columns(groups, trial))
         rows.append(row)
     _write_csv(sweep.path / SUMMARY_FILE, columns, rows)
 
@@ -114,6 +117,9 @@ def _best_record(sweep: Sweep, best) -> dict:
     }
     if sweep.objectives.constraints:
         record["constraints"] = [str(c) for c in sweep.objectives.constraints]
+    groups = rank_groups(sweep)
+    if groups is not None:
+        record["group"] = group_record(groups)
     lineage = pbt_lineage(best)
     if lineage is not None:
         record["pbt"] = lineage

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 from runner.report.cells import cell_text, duration_text, number_text, shorten
 from runner.report.importance import format_importance
+from runner.report.groups import format_groups, rank_groups
 from runner.report.pbt import format_pbt
 from runner.report.ranking import Sweep, by_number, describe
 from runner.report.trials import STATUSES, rerun_command
@@ -39,6 +40,8 @@ def format_table(sweep: Sweep) -> str:
     else:
         lines.append("Best: none yet (no trial has an objective value)")
     lines += [line for line in [format_importance(sweep)] if line]
+    if (groups := rank_groups(sweep)) is not None:
+        lines.append(format_groups(groups, sweep.metric))
     tested = any(t.test_metrics for t in sweep.trials)
     constrained = bool(sweep.objectives.constraints)
     header = ["rank", "#", "status", *(["front"] if several else []), *sweep.objectives.metrics, "at epoch",

@@ -101,7 +101,8 @@ class _IndexBatches:
 
 @dataclass
 class LoaderBatches:
-    """A map-style Dataset read by a DataLoader (workers, pinned memory), moved to the device per batch."""
+    """A map-style Dataset read by a DataLoader (workers, pinned memory), moved to the device per batch;
+    the dataset's own `collate(items)`, if it has one, makes its batches."""
 
     dataset: Dataset
     device: torch.device
@@ -115,6 +116,8 @@ class LoaderBatches:
         self._loader = DataLoader(
             self.dataset,
             batch_sampler=self._index_batches,
+            # a dataset of variable-length items pads its own batches (`collate`, e.g. sequences)
+            collate_fn=getattr(self.dataset, "collate", None),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,

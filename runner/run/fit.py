@@ -24,8 +24,8 @@ from runner.config.checks import TrainerConfig
 from runner.errors import TrialFailed
 from runner.results import CHECKPOINT_DIR
 from runner.run import checkpoint, run_state
-from runner.run.build import (PARAMS_METRIC, build, build_scheduler, build_task, complete, extra_metrics,
-                              parameter_count, probe, recorded_metrics)
+from runner.run.build import (PARAMS_METRIC, build, build_scheduler, build_task, extra_metrics, parameter_count,
+                              probe, recorded_metrics)
 from runner.run.callbacks.base import Stop
 from runner.run.callbacks.dispatch import CallbackDispatch
 from runner.run.data import batches_per_epoch, epoch_generator, make_sources
@@ -36,6 +36,7 @@ from runner.run.interrupt import Interruption, answer_signal
 from runner.run.objective import Objective
 from runner.run.progress import EpochProgress
 from runner.run.run_state import Progress
+from runner.run.steps import build_optimizers, own_step
 from runner.run.totals import EpochTotals, batch_size_of
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,16 @@ class Fit:
         probe(self.model, self.task, example if example is not None else next(self.train_data.batches(PROBE_BATCH)), cfg)
         self.forward, self.eval_forward = place_model(self.model, self.device, self.ranks, self.channels_last,
                                                       trainer.compile)
-        self.optimizer = complete(build(cfg.optimizer, "optimizer"), "optimizer", cfg.optimizer._target_,
-                                  self.model.parameters())
+        # one optimizer unless the task builds its own (runner.run.steps); the first is the scheduler's
+        self.optimizers = build_optimizers(self.task, self.model, build(cfg.optimizer, "optimizer"), cfg.optimizer._target_)
+        self.optimizer = next(iter(self.optimizers.values()))
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.scheduler_interval = cfg.scheduler.get("interval") if cfg.scheduler else None
         self.scheduler_monitor = cfg.scheduler.get("monitor") if cfg.scheduler else None
         self.autocast_dtype, self.scaler = mixed_precision(trainer.precision, self.device)
+        # a task's own training_step replaces the default batch step (chosen once: no cost per batch)
+        if (step := own_step(self)) is not None:
+            self._step = step
         self.train_metrics = self.task.new_metrics().to(self.device)
         self.eval_metrics = self.task.new_metrics().to(self.device)
         self.progress = Progress()

@@ -1,8 +1,8 @@
 """What a run's checkpoint holds, and putting a run back from one.
 
-The state is plain data (runner.run.checkpoint writes and reads it): the model's, optimizer's,
-scheduler's and grad scaler's states, the `Progress` (epochs, steps, the unfinished epoch, the
-history), the objective, every callback's own state, the random generators (every rank's, on rank
+The state is plain data (runner.run.checkpoint writes and reads it): the model's, optimizer's (each
+of a task's own, runner.run.steps), scheduler's and grad scaler's states, the `Progress` (epochs,
+steps, the unfinished epoch, the history), the objective, every callback's own state, the random generators (every rank's, on rank
 0, in a data-parallel run), the data's preprocessing, the config and the commit. Each function
 takes the running `Fit` (runner.run.fit).
 """
@@ -51,6 +51,9 @@ def state_of(fit) -> dict[str, Any]:
     return {
         "model": fit.model.state_dict(),
         "optimizer": fit.optimizer.state_dict(),
+        # a task's own optimizers (runner.run.steps), each by name; the first is "optimizer" too
+        **({"optimizers": {name: o.state_dict() for name, o in fit.optimizers.items()}}
+           if len(fit.optimizers) > 1 else {}),
         "scheduler": fit.scheduler.state_dict() if fit.scheduler is not None else None,
         "scaler": fit.scaler.state_dict(),
         "epoch": fit.progress.epoch,
@@ -138,6 +141,9 @@ def load_training_state(fit, state: dict[str, Any], rebuild_scheduler: bool) -> 
 
     fit.model.load_state_dict(state["model"])
     fit.optimizer.load_state_dict(state["optimizer"])
+    if len(fit.optimizers) > 1:
+        for name, optimizer in fit.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
     if fit.scheduler is not None and state.get("scheduler") is not None:
         if rebuild_scheduler:
             continue_scheduler(fit.scheduler, state["scheduler"])

@@ -306,8 +306,11 @@ def _fit(cfg: DictConfig, trainer, context: RunContext, record: ResultRecord | N
     if ranks.is_main:
         pruner = None
         if context.sweep_dir is not None and cfg.pruner:
+            # trials that set their seed (a repeated sweep) are compared with trials of the same seed only
+            seeded = any(o.partition("=")[0].lstrip("+~") == "trainer.seed" for o in context.overrides)
             pruner = instantiate(cfg.pruner, sweep_dir=context.sweep_dir, trial=context.trial,
-                                 metric=cfg.objective.metric, goal=cfg.objective.goal)
+                                 metric=cfg.objective.metric, goal=cfg.objective.goal,
+                                 **({"cohort": cfg.trainer.seed} if seeded else {}))
         callbacks = build_callbacks(cfg, trainer, record, pruner, context.sweep_dir, pbt=population)
     else:
         callbacks = rank_callbacks()

@@ -22,6 +22,7 @@ from runner.results import read_result
 from runner.sweep.journal import Journal
 from runner.sweep.outcome import Told
 from runner.sweep.progress import clock
+from runner.sweep.repeats import repeated
 from runner.sweep.resume import SweepResume
 from runner.sweep.space import make_search, validate_first_trials
 
@@ -47,8 +48,10 @@ def is_dry_run(config: DictConfig) -> bool:
 class SweepPreview:
     """In place of runner.sweep.sweeper.StreamingSweeper for a dry run, with the same settings."""
 
-    def __init__(self, kind: str, num_workers: int | None = None, params: Any = None, optim: Any = None):
+    def __init__(self, kind: str, num_workers: int | None = None, params: Any = None, optim: Any = None,
+                 repeats: Any = 1):
         self.kind, self.num_workers, self.params, self.optim = kind, num_workers, params, optim
+        self.repeats = repeats
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         from runner.sweep.sweeper import trial_pool
@@ -64,8 +67,8 @@ class SweepPreview:
 
     def preview(self, arguments: list[str]) -> str:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        search = make_search(self.kind, self.params, self.optim, arguments, self.hydra_context.config_loader,
-                             self.config)
+        search = repeated(make_search(self.kind, self.params, self.optim, arguments, self.hydra_context.config_loader,
+                                      self.config), self.repeats, self.config)
         in_flight = self.limit or search.budget
         relaunch, asked, next_number, free = self._resumed(search, sweep_dir, in_flight)
         new = []

@@ -26,6 +26,8 @@ Rules every pruner here follows:
   For curves that only improve, the two are the same.
 - A trial is compared with the values that *other* trials recorded at the same rung *before* it,
   in the order of the shared file: the file alone reproduces every decision. Ties continue.
+  A trial whose overrides set trainer.seed (hydra.sweeper.repeats, or a swept seed) is compared
+  only with trials of the same seed (its `cohort`): one seed's luck does not stop a configuration.
 - NaN and infinite values are the worst values (they are written as null in the logs).
 - Decisions are final. Reporting an epoch again (a resumed trial re-evaluating) returns the
   recorded decision; after a stop, every later report returns that stop. Nothing is recorded twice.
@@ -107,7 +109,7 @@ class Pruner(ABC):
     bracket: int | None = None
 
     def __init__(self, *, sweep_dir: Path | str, trial: str, metric: str, goal: str,
-                 grace_period: int, max_t: int) -> None:
+                 grace_period: int, max_t: int, cohort: int | None = None) -> None:
         if goal not in GOALS:
             raise ConfigError(f"objective.goal={goal!r} is not allowed; use one of {', '.join(GOALS)}")
         if not trial or Path(trial).name != trial:
@@ -120,6 +122,8 @@ class Pruner(ABC):
         self.goal = goal
         self.grace_period = grace_period
         self.max_t = max_t
+        # trials of a repeated sweep meet only the trials of their own seed (docs/sweeps.md)
+        self.cohort = cohort
         self.trial_log = self.sweep_dir / trial / TRIAL_LOG
         self.shared = SharedLog(self.sweep_dir / SHARED_FILE)
         self._past: dict[int, Decision] | None = None
@@ -177,7 +181,7 @@ class Pruner(ABC):
         with self.shared.locked():
             at_rung = [r for r in self.shared.read()
                        if r.get("rule") == self.rule and r.get("bracket") == self.bracket
-                       and r.get("rung") == rung]
+                       and r.get("rung") == rung and r.get("cohort") == self.cohort]
             mine = next((r for r in at_rung if r.get("trial") == self.trial), None)
             if mine is not None:
                 # Decided before, and the trial's own log lost the line (a crash in between):
@@ -191,7 +195,8 @@ class Pruner(ABC):
             stop = threshold is not None and self._score(best) < self._score(threshold)
             reason = self._reason(best, threshold, stop, len(others), rung)
             decision = Decision(epoch, value, best, self.bracket, rung, threshold, stop, reason)
-            self.shared.append({"rule": self.rule, "trial": self.trial, **decision.to_record()})
+            cohort = {} if self.cohort is None else {"cohort": self.cohort}
+            self.shared.append({"rule": self.rule, "trial": self.trial, **cohort, **decision.to_record()})
         return decision
 
     def _reason(self, best: float, threshold: float | None, stop: bool, n_others: int,
@@ -238,9 +243,9 @@ class ASHA(Pruner):
     min_others = 1
 
     def __init__(self, *, sweep_dir: Path | str, trial: str, metric: str, goal: str,
-                 max_t: int, grace_period: int = 1, reduction_factor: float = 3) -> None:
+                 max_t: int, grace_period: int = 1, reduction_factor: float = 3, cohort: int | None = None) -> None:
         super().__init__(sweep_dir=sweep_dir, trial=trial, metric=metric, goal=goal,
-                         grace_period=grace_period, max_t=max_t)
+                         grace_period=grace_period, max_t=max_t, cohort=cohort)
         if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, (int, float)) \
                 or not reduction_factor > 1:
             raise ConfigError(f"pruner.reduction_factor={reduction_factor!r} is not allowed; "
@@ -287,9 +292,9 @@ class Hyperband(ASHA):
 
     def __init__(self, *, sweep_dir: Path | str, trial: str, metric: str, goal: str,
                  max_t: int, grace_period: int = 1, reduction_factor: float = 3,
-                 brackets: int | None = None) -> None:
+                 brackets: int | None = None, cohort: int | None = None) -> None:
         super().__init__(sweep_dir=sweep_dir, trial=trial, metric=metric, goal=goal, max_t=max_t,
-                         grace_period=grace_period, reduction_factor=reduction_factor)
+                         grace_period=grace_period, reduction_factor=reduction_factor, cohort=cohort)
         most = len(list(self._milestones()))
         if brackets is None:
             brackets = most
@@ -314,9 +319,9 @@ class Median(Pruner):
     quantile = Fraction(1, 2)
 
     def __init__(self, *, sweep_dir: Path | str, trial: str, metric: str, goal: str,
-                 max_t: int, grace_period: int = 1, min_trials: int = 3) -> None:
+                 max_t: int, grace_period: int = 1, min_trials: int = 3, cohort: int | None = None) -> None:
         super().__init__(sweep_dir=sweep_dir, trial=trial, metric=metric, goal=goal,
-                         grace_period=grace_period, max_t=max_t)
+                         grace_period=grace_period, max_t=max_t, cohort=cohort)
         _require_int("min_trials", min_trials, minimum=1)
         self.min_others = min_trials
 

@@ -33,6 +33,7 @@ from runner.results import now
 from runner.sweep.journal import Journal
 from runner.sweep.outcome import Outcome, Told, record_lost, returned_outcome
 from runner.sweep.progress import SweepProgress
+from runner.sweep.repeats import repeated
 from runner.sweep.resume import SweepResume
 from runner.sweep.search import Point
 from runner.sweep.space import make_search, validate_first_trials
@@ -68,8 +69,9 @@ def trial_pool(kind: str, wanted: int | None, hydra_context, task_function, conf
 
 
 class StreamingSweeper:
-    def __init__(self, kind: str, num_workers: int | None = None, params: Any = None, optim: Any = None):
-        self.kind = kind
+    def __init__(self, kind: str, num_workers: int | None = None, params: Any = None, optim: Any = None,
+                 repeats: Any = 1):
+        self.kind, self.repeats = kind, repeats
         self.num_workers = num_workers
         self.params = params
         self.optim = optim
@@ -98,6 +100,7 @@ class StreamingSweeper:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.search = make_search(self.kind, self.params, self.optim, arguments, self.hydra_context.config_loader,
                                   self.config)
+        self.search = repeated(self.search, self.repeats, self.config)
         self.in_flight = self.limit or self.search.budget
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self.journal = Journal(self.sweep_dir)
