@@ -234,6 +234,11 @@ def extra_metrics(cfg: DictConfig) -> list[str]:
     return [PARAMS_METRIC] if PARAMS_METRIC in objectives_of(cfg.objective).needed_metrics else []
 
 
+def extra_metric_values(names: list[str], model: torch.nn.Module) -> dict[str, float]:
+    """The values of extra_metrics' metrics for an evaluated epoch."""
+    return {PARAMS_METRIC: parameter_count(model)} if PARAMS_METRIC in names else {}
+
+
 def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -24,8 +24,8 @@ from runner.config.checks import TrainerConfig
 from runner.errors import TrialFailed
 from runner.results import CHECKPOINT_DIR
 from runner.run import checkpoint, run_state
-from runner.run.build import (PARAMS_METRIC, build, build_scheduler, build_task, extra_metrics, parameter_count,
-                              probe, recorded_metrics)
+from runner.run.build import (build, build_scheduler, build_task, extra_metric_values, extra_metrics, probe,
+                              recorded_metrics)
 from runner.run.callbacks.base import Stop
 from runner.run.callbacks.dispatch import CallbackDispatch
 from runner.run.data import batches_per_epoch, epoch_generator, make_sources
@@ -88,7 +88,7 @@ class Fit:
         probe(self.model, self.task, example if example is not None else next(self.train_data.batches(PROBE_BATCH)), cfg)
         self.forward, self.eval_forward = place_model(self.model, self.device, self.ranks, self.channels_last,
                                                       trainer.compile)
-        # one optimizer unless the task builds its own (runner.run.steps); the first is the scheduler's
+        # one optimizer unless the task builds its own (runner.run.steps), the first the scheduler's
         self.optimizers = build_optimizers(self.task, self.model, build(cfg.optimizer, "optimizer"), cfg.optimizer._target_)
         self.optimizer = next(iter(self.optimizers.values()))
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
@@ -145,9 +145,7 @@ class Fit:
                     row = {"epoch": epoch, "step": self.progress.step, "lr": learning_rate(self.optimizer), **train_metrics}
                     self.evaluated = epoch % trainer.eval_every_n_epochs == 0 or epoch == trainer.max_epochs
                     if self.evaluated:
-                        row.update(self.evaluate(self.val_data, "val"))
-                        if PARAMS_METRIC in self.extra_metrics:
-                            row[PARAMS_METRIC] = parameter_count(self.model)
+                        row.update(self.evaluate(self.val_data, "val"), **extra_metric_values(self.extra_metrics, self.model))
                     self.progress.epoch, self.progress.batch_in_epoch = epoch, 0
                     self.progress.partial = self.progress.generator_state = None
                     self.progress.train_seconds = time.monotonic() - started
