@@ -87,7 +87,11 @@ def test_goal_error_from_a_resolver_reads_the_same(compose_cfg):
 # what an option needs besides itself to make a whole experiment: a table needs a model for tables,
 # a regression loss a regression task and data
 TASK_COMPANIONS = {"regression": ["task=regression", "dataset=diabetes", "model=mlp"],
-                   "multilabel": ["task=multilabel", "dataset=synthetic_multilabel", "model=mlp"]}
+                   "multilabel": ["task=multilabel", "dataset=synthetic_multilabel", "model=mlp"],
+                   "binary": ["task=binary", "dataset=breast_cancer", "model=mlp", "task.num_outputs=1"],
+                   "ctc": ["experiment=ctc_digits"],
+                   "token_sequence": ["experiment=language_model"],
+                   "vae": ["experiment=vae_mnist"]}
 COMPANIONS = {
     ("dataset", "breast_cancer"): ["model=mlp"],
     ("dataset", "wine"): ["model=mlp"],
@@ -97,6 +101,14 @@ COMPANIONS = {
     ("dataset", "synthetic_multilabel"): TASK_COMPANIONS["multilabel"],
     ("task", "regression"): TASK_COMPANIONS["regression"],
     ("task", "multilabel"): TASK_COMPANIONS["multilabel"],
+    # the sequence and generative options fit one another, as their experiment presets pick them
+    **{(group, option): TASK_COMPANIONS[task] for task, options_of_task in {
+        "binary": [("task", "binary")],
+        "ctc": [("task", "ctc"), ("dataset", "digit_strings"), ("model", "frame_recognizer"), ("objective", "val_cer")],
+        "token_sequence": [("task", "token_sequence"), ("dataset", "byte_corpus"), ("model", "token_gru"),
+                           ("objective", "val_perplexity")],
+        "vae": [("task", "vae"), ("dataset", "mnist_5k_pixels"), ("model", "vae"), ("objective", "val_elbo")],
+    }.items() for group, option in options_of_task},
 }
 
 
