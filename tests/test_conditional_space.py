@@ -21,7 +21,7 @@ from runner.errors import ConfigError
 from runner.sweep.journal import Journal
 from runner.sweep.space import compose_each_option, make_search
 from runner.sweep.sweeper import StreamingSweeper
-from tests.conftest import REPO
+from tests.conftest import CONF, REPO
 
 SPACE = {
     "optimizer.lr": "tag(log, interval(1e-4, 1e-1))",
@@ -128,7 +128,8 @@ def test_each_option_is_composed_once_with_its_own_keys(kind):
 @pytest.mark.parametrize("kind", ["grid", "nevergrad"])
 @pytest.mark.parametrize("params,message", [
     ({"model": {"lenet": {}, "mlpp": {"model.dropout": "0.1,0.2"}}},
-     "hydra.sweeper.params.model.mlpp: model has no option 'mlpp'; its options: cnn, lenet, mlp, resnet18, small_cnn"),
+     "hydra.sweeper.params.model.mlpp: model has no option 'mlpp'; its options: "
+     + ", ".join(sorted(path.stem for path in (CONF / "model").glob("*.yaml")))),
     ({"model": {"lenet": {"model.dropout": "0.1,0.2"}, "mlp": {}}},
      "hydra.sweeper.params.model.lenet: model.dropout is not a key of the config of model=lenet (model has: "
      "_target_, in_channels, image_size, num_classes)"),
