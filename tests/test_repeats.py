@@ -20,7 +20,8 @@ from runner.sweep.repeats import mean_loss
 from tests.conftest import REPO
 from tests.test_sweeps import QUICK, count_trainings, kill_when, summary, trials
 
-DIGITS = ["experiment=digits", "trainer.max_epochs=2", "logger=none", "trainer.deterministic=true"]
+DIGITS = ["experiment=digits", "model=mlp", "trainer.max_epochs=2", "logger=none", "trainer.test=false",
+          "trainer.deterministic=true"]
 
 
 def test_mean_loss_is_elementwise_and_a_failed_member_fails_the_configuration():
