@@ -46,6 +46,7 @@ class Sweep:
         if not self.objectives.several:
             return [trial.value]
         return self.objectives.values(trial.best_metrics)
+
     @cached_property
     def importance(self):
         """How much each swept parameter mattered to the objective (runner.report.importance), once per Sweep."""
