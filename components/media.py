@@ -153,10 +153,12 @@ def _label_captions(output: Tensor, target: Tensor, class_names: list[str] | Non
 
 
 class PredictedVsTrue(MediaCollector):
-    """A scatter of predicted against true values, one panel per output (the first four)."""
+    """A scatter of predicted against true values, one panel per output (the first four); `diagonal`
+    draws the line where they are equal (meaningless for a ranking's scores, which only order)."""
 
-    def __init__(self, task: Regression):
-        self.task = task
+    def __init__(self, task: Regression, tag: str = "val/predicted_vs_true", ylabel: str = "predicted",
+                 diagonal: bool = True):
+        self.task, self.tag, self.ylabel, self.diagonal = task, tag, ylabel, diagonal
         self.predicted: list[Tensor] = []
         self.true: list[Tensor] = []
 
@@ -178,8 +180,9 @@ class PredictedVsTrue(MediaCollector):
         for i, ax in enumerate(figure.subplots(1, panels, squeeze=False)[0]):
             x, y = true[:, i].numpy(), predicted[:, i].numpy()
             ax.scatter(x, y, s=8, alpha=0.6)
-            low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-            ax.plot([low, high], [low, high], color="gray", linewidth=1, linestyle="--")
+            if self.diagonal:
+                low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+                ax.plot([low, high], [low, high], color="gray", linewidth=1, linestyle="--")
             ax.set_xlabel(f"true{f' [{i}]' if panels > 1 else ''}")
-            ax.set_ylabel("predicted")
-        return [Figure("val/predicted_vs_true", figure)]
+            ax.set_ylabel(self.ylabel)
+        return [Figure(self.tag, figure)]

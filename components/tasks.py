@@ -162,12 +162,28 @@ def refuse_binary_metrics(metrics: dict[str, Any], num_classes: int) -> None:
 
 class Multilabel(Task):
     """Any number of labels per sample: the model outputs one logit per label, the target is multi-hot
-    (1 where the label applies). The criterion gets the logits and the target as floats; the metrics
-    get the target as integers."""
+    (1 where the label applies). The metrics get the target as integers.
+
+    Loss setting (`loss.tasks.multilabel`): `target`, how the criterion gets the labels: `multi_hot`
+    (floats, BCEWithLogitsLoss) or `indices` (each sample's labels as class indices, padded with -1 to
+    the number of labels: MultiLabelMarginLoss).
+    """
 
     name = "multilabel"
+    TARGETS = ("multi_hot", "indices")
+
+    def __init__(self, num_outputs: int, metrics: dict[str, Any] | None = None):
+        super().__init__(num_outputs, metrics)
+        self.target = "multi_hot"
+
+    def bind_loss(self, criterion: Callable, target: str = "multi_hot") -> None:
+        if target not in self.TARGETS:
+            raise ValueError(f"target={target!r} is not allowed; use one of: {', '.join(self.TARGETS)}")
+        self.criterion, self.target = criterion, target
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        if self.target == "indices":
+            return self.criterion(output, label_indices(target))
         return self.criterion(output, target.to(output.dtype))
 
     def update_metrics(self, metrics, output: Tensor, target: Tensor) -> None:
@@ -185,6 +201,15 @@ class Multilabel(Task):
 
     def media(self, num_samples: int) -> MediaCollector:
         return SampleImages(num_samples, _label_captions)
+
+
+def label_indices(multi_hot: Tensor) -> Tensor:
+    """Each row's present labels as ascending class indices, then -1 to the row's end: [0, 1, 0, 1] ->
+    [1, 3, -1, -1], the form MultiLabelMarginLoss reads (up to the first -1)."""
+    labels = torch.arange(multi_hot.shape[-1], device=multi_hot.device).expand_as(multi_hot)
+    # absent labels sort after every present one, keeping both in class order
+    ordered = torch.where(multi_hot > 0, labels, labels + multi_hot.shape[-1]).sort(dim=-1).values
+    return torch.where(ordered < multi_hot.shape[-1], ordered, -1)
 
 
 # ---------------------------------------------------------------- regression

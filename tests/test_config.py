@@ -89,6 +89,7 @@ def test_goal_error_from_a_resolver_reads_the_same(compose_cfg):
 TASK_COMPANIONS = {"regression": ["task=regression", "dataset=diabetes", "model=mlp"],
                    "multilabel": ["task=multilabel", "dataset=synthetic_multilabel", "model=mlp"],
                    "binary": ["task=binary", "dataset=breast_cancer", "model=mlp", "task.num_outputs=1"],
+                   "ranking": ["task=ranking", "dataset=diabetes", "model=mlp"],
                    "ctc": ["experiment=ctc_digits"],
                    "token_sequence": ["experiment=language_model"],
                    "vae": ["experiment=vae_mnist"]}
@@ -104,6 +105,7 @@ COMPANIONS = {
     # the sequence and generative options fit one another, as their experiment presets pick them
     **{(group, option): TASK_COMPANIONS[task] for task, options_of_task in {
         "binary": [("task", "binary")],
+        "ranking": [("task", "ranking"), ("objective", "val_spearman")],
         "ctc": [("task", "ctc"), ("dataset", "digit_strings"), ("model", "frame_recognizer"), ("objective", "val_cer")],
         "token_sequence": [("task", "token_sequence"), ("dataset", "byte_corpus"), ("model", "token_gru"),
                            ("objective", "val_perplexity")],
