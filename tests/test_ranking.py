@@ -21,7 +21,7 @@ def ranking_task(margin: float = 1.0) -> Ranking:
 
 
 def test_the_loss_orders_every_pair_with_distinct_targets():
-    scores = torch.tensor([[0.5], [2.0], [-1.0], [0.0]])
+    scores = torch.tensor([[3.0], [0.2], [1.0], [0.5]])
     target = torch.tensor([3.0, 1.0, 1.0, 2.0])
     # the pairs i < j whose targets differ, y = +1 when i's target is the larger: (0,1) +1, (0,2) +1,
     # (0,3) +1, (1,3) -1, (2,3) -1; (1,2) is tied and left out
