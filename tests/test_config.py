@@ -92,7 +92,8 @@ TASK_COMPANIONS = {"regression": ["task=regression", "dataset=diabetes", "model=
                    "ranking": ["task=ranking", "dataset=diabetes", "model=mlp"],
                    "ctc": ["experiment=ctc_digits"],
                    "token_sequence": ["experiment=language_model"],
-                   "vae": ["experiment=vae_mnist"]}
+                   "vae": ["experiment=vae_mnist"],
+                   "metric_learning": ["experiment=metric_learning"]}
 COMPANIONS = {
     ("dataset", "breast_cancer"): ["model=mlp"],
     ("dataset", "wine"): ["model=mlp"],
@@ -110,6 +111,7 @@ COMPANIONS = {
         "token_sequence": [("task", "token_sequence"), ("dataset", "byte_corpus"), ("model", "token_gru"),
                            ("objective", "val_perplexity")],
         "vae": [("task", "vae"), ("dataset", "mnist_5k_pixels"), ("model", "vae"), ("objective", "val_elbo")],
+        "metric_learning": [("task", "metric_learning"), ("objective", "val_recall_at_1")],
     }.items() for group, option in options_of_task},
 }
 
