@@ -137,7 +137,7 @@ def test_an_embedding_of_the_wrong_size_is_refused_on_a_real_batch(compose_cfg):
 
 @pytest.mark.parametrize("args,fragments", [
     (["loss=triplet_margin"], ["loss torch.nn.TripletMarginLoss does not fit task 'classification'",
-                               "it fits metric_learning", "Losses for classification:"]),
+                               "it fits metric_learning (loss.tasks); with it, pick task=metric_learning.", "Losses for classification:"]),
     (["experiment=metric_learning", "dataset=diabetes"],
      ["does not fit task 'metric_learning' on dataset components.datasets.sklearn_regression",
       "task 'metric_learning' needs class indices", "the dataset gives float32 (16,)"]),

@@ -162,7 +162,8 @@ def bind_loss(task: Any, cfg: DictConfig) -> None:
         others = losses_for(name)
         raise ConfigError(
             f"loss {cfg.loss.criterion._target_} does not fit task {name!r}: it fits "
-            f"{', '.join(fits) or 'no task'} (loss.tasks). "
+            f"{', '.join(fits) or 'no task'} (loss.tasks)"
+            + (f"; with it, pick {' or '.join(f'task={fit}' for fit in fits)}. " if fits else ". ")
             + (f"Losses for {name}: {', '.join(others)}." if others else
                f"Add {name} to loss.tasks if the loss does fit it.")
         )
