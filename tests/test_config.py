@@ -153,3 +153,13 @@ def test_every_logger_option_trains(compose_cfg, tmp_path, logger):
     if logger in ("csv", "all"):
         assert (tmp_path / "scalars.csv").read_text().startswith("step,tag,value")
     assert (tmp_path / "tensorboard").exists() == (logger in ("tensorboard", "all"))
+
+
+@pytest.mark.parametrize("group", [*GROUPS, "pbt", "hydra/sweeper", "hydra/launcher"])
+def test_the_configuration_page_lists_every_option_of_every_group(group):
+    """docs/configuration.md's table of config groups names each option in conf/<group>/ in its group's row."""
+    page = (CONF.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    rows = [line for line in page.splitlines() if line.startswith(f"| `{group}` |")]
+    assert len(rows) == 1, f"docs/configuration.md has {len(rows)} rows for the {group} group"
+    missing = [option for option in options(group) if f"`{option}`" not in rows[0]]
+    assert not missing, f"docs/configuration.md's {group} row does not list {missing}"
