@@ -2,8 +2,9 @@
 
 - ctc_digits: the character error rate of the same recognizer untrained (greedy decoding, val split);
 - language_model: the perplexity of byte frequencies counted on the training split (a unigram model);
-- vae_mnist: the same VAE trained by a plain PyTorch loop (same data, optimizer, batch size, epochs),
-  its validation ELBO per epoch beside the runner's metrics.csv.
+- vae_mnist: the same VAE trained by a plain PyTorch loop (same data, optimizer, batch size, epochs, and
+  the run's trainer.seed), its validation ELBO per epoch beside the runner's metrics.csv; once with its
+  own shuffling and once with the runner's (then it is the runner's run to the digit).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 # preset: (metric, the reference's name)
 SEQUENCE_PRESETS = {
@@ -45,13 +47,20 @@ def unigram_perplexity() -> float:
     return math.exp(-float(log_p[data.val.targets.flatten()].mean()))
 
 
-def plain_vae_elbos(data_dir: str, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3) -> list[float]:
-    """Validation ELBO (nats per image) after each epoch of a tutorial-style loop over the same data."""
+def plain_vae_elbos(data_dir: str, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                    runner_shuffle: bool = False) -> list[float]:
+    """Validation ELBO (nats per image) after each epoch of a tutorial-style loop over the same data.
+
+    Seeded as the runner seeds a run (`trainer.seed`, then the model's initialisation). The batches are
+    shuffled by the global generator, as a tutorial does, or with `runner_shuffle` by the runner's own
+    generator of each epoch (runner.run.data.epoch_generator): then every random number is the runner's,
+    and the ELBOs are the runner's to the digit."""
     from components.generative import VAE, mnist_5k_pixels
+    from runner.run.data import epoch_generator
 
     data = mnist_5k_pixels(data_dir, 1, 28, 10)
     train, val = data.train.inputs.float() / 255, data.val.inputs.float() / 255
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = VAE(1, 28, latent_dim=16, hidden_size=400)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -61,9 +70,10 @@ def plain_vae_elbos(data_dir: str, epochs: int = 10, batch_size: int = 64, lr: f
         return bce + 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum(1)
 
     elbos = []
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         model.train()
-        for rows in torch.randperm(len(train)).split(batch_size):
+        generator = epoch_generator(seed, epoch) if runner_shuffle else None
+        for rows in torch.randperm(len(train), generator=generator).split(batch_size):
             loss = negative_elbo(train[rows]).mean()
             optimizer.zero_grad()
             loss.backward()
@@ -84,5 +94,8 @@ def reference(preset: str, run_dir: Path, data_dir: str) -> dict:
     if preset == "language_model":
         return {"reference": unigram_perplexity()}
     runner_epochs = [row[metric] for row in read_metrics(run_dir)]
-    plain = plain_vae_elbos(data_dir, epochs=len(runner_epochs))
-    return {"reference": max(plain), "per_epoch": {"runner": runner_epochs, "plain": plain}}
+    seed = int(OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.seed)
+    plain = plain_vae_elbos(data_dir, epochs=len(runner_epochs), seed=seed)
+    same_stream = plain_vae_elbos(data_dir, epochs=len(runner_epochs), seed=seed, runner_shuffle=True)
+    return {"reference": max(plain), "seed": seed,
+            "per_epoch": {"runner": runner_epochs, "plain": plain, "plain, runner's shuffle": same_stream}}

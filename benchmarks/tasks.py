@@ -8,6 +8,7 @@ it asserts nothing.
 
     python benchmarks/tasks.py                      # every preset
     python benchmarks/tasks.py regression digits    # some of them
+    python benchmarks/tasks.py vae_mnist --seed 1   # another trainer.seed
 
 The sequence and generative presets (ctc_digits, language_model, vae_mnist) are printed beside their
 plain references instead (benchmarks/sequence_baselines.py).
@@ -89,11 +90,11 @@ def sklearn_score(name: str, metric: str) -> float:
     return average_precision_score(y_val, model.predict_proba(x_val), average="macro")
 
 
-def run_preset(preset: str, out: Path) -> dict:
+def run_preset(preset: str, out: Path, seed: int = 0) -> dict:
     run_dir = out / preset
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "runner", f"experiment={preset}", f"hydra.run.dir={run_dir}",
-                           "logger=none"], cwd=REPO, capture_output=True, text=True,
+                           f"trainer.seed={seed}", "logger=none"], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     if done.returncode != 0:
         raise SystemExit(f"experiment={preset} failed:\n{done.stderr[-3000:]}")
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("presets", nargs="*", help=f"presets to run, of {', '.join([*PRESETS, *SEQUENCE_PRESETS])} "
                                                    f"(default: all)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the runs and summary.json")
+    parser.add_argument("--seed", type=int, default=0, help="trainer.seed of every run (and of the plain references)")
     args = parser.parse_args()
     unknown = [p for p in args.presets if p not in PRESETS and p not in SEQUENCE_PRESETS]
     if unknown:
@@ -116,7 +118,7 @@ def main() -> None:
     rows = []
     for preset in [p for p in args.presets or PRESETS if p in PRESETS]:
         name, reported = PRESETS[preset]
-        run = run_preset(preset, out)
+        run = run_preset(preset, out, args.seed)
         for metric, target, baseline in reported:
             rows.append({"preset": preset, "dataset": name, "metric": metric, "runner": run["best_metrics"][metric],
                          "best_epoch": run["objective"]["epoch"], "objective": run["objective"]["metric"],
@@ -129,17 +131,17 @@ def main() -> None:
     for r in rows:
         print(f"{r['preset']:<24}{r['metric']:<16}{r['runner']:>8.3f}{r['sklearn']:>9.3f}  {r['target']:<8}"
               f"{str(r['best_epoch']) + ' of ' + str(r['epochs']) + ' (' + r['objective'] + ')':<28}{r['wall_s']:>6}s  {r['baseline']}")
-    rows += sequence_rows([p for p in args.presets or SEQUENCE_PRESETS if p in SEQUENCE_PRESETS], out)
+    rows += sequence_rows([p for p in args.presets or SEQUENCE_PRESETS if p in SEQUENCE_PRESETS], out, args.seed)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nwritten to {out / 'summary.json'}")
 
 
-def sequence_rows(presets: list[str], out: Path) -> list[dict]:
+def sequence_rows(presets: list[str], out: Path, seed: int = 0) -> list[dict]:
     """The sequence and generative presets beside their plain references (benchmarks/sequence_baselines.py)."""
     rows = []
     for preset in presets:
         metric, name = SEQUENCE_PRESETS[preset]
-        run = run_preset(preset, out)
+        run = run_preset(preset, out, seed)
         row = {"preset": preset, "metric": metric, "runner": run["best_metrics"][metric],
                "best_epoch": run["objective"]["epoch"], "epochs": run["epochs"], "wall_s": run["wall_s"],
                "baseline": name, **reference(preset, out / preset, str(REPO / "data"))}
@@ -151,7 +153,7 @@ def sequence_rows(presets: list[str], out: Path) -> list[dict]:
               f"{r['wall_s']:>6}s  {r['baseline']}")
         if "per_epoch" in r:
             for label, values in r["per_epoch"].items():
-                print(f"  {label + ' ' + r['metric'] + ' per epoch:':<32}" + " ".join(f"{v:.1f}" for v in values))
+                print(f"  {label + ' ' + r['metric'] + ' per epoch:':<44}" + " ".join(f"{v:.1f}" for v in values))
     return rows
 
 

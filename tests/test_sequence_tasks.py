@@ -55,3 +55,16 @@ def test_collate_pads_and_greedy_decoding_merges_repeats_and_drops_blanks():
     best = torch.tensor([[3, 3, 0, 3, 4, 4], [0, 0, 2, 9, 9, 9]])
     logits = torch.nn.functional.one_hot(best, 10).float()
     assert greedy_decode(logits, torch.tensor([6, 3])) == [[3, 3, 4], [2]]
+
+
+def test_the_vae_preset_is_a_plain_loop_seeded_alike(compose_cfg, tmp_path, data_dir):
+    """Same seed, same shuffling: the runner's validation ELBO is the plain loop's of
+    benchmarks/sequence_baselines.py (its pre-training check draws none of the run's random numbers)."""
+    from benchmarks.sequence_baselines import plain_vae_elbos
+    from runner.run.train import RunContext, train
+
+    train(compose_cfg(["experiment=vae_mnist", "trainer.max_epochs=1", "trainer.seed=3", "trainer.test=false",
+                       f"paths.data_dir={data_dir}", "logger=none"]), RunContext(run_dir=tmp_path))
+    runner_elbo = read_metrics(tmp_path)[0]["val/elbo"]
+    plain_elbo, = plain_vae_elbos(str(data_dir), epochs=1, seed=3, runner_shuffle=True)
+    assert runner_elbo == pytest.approx(plain_elbo, abs=1e-3)

@@ -260,8 +260,11 @@ def probe(model: torch.nn.Module, task: Any, batch: Any, cfg: DictConfig) -> Non
     model_name, task_name = cfg.model._target_, getattr(task, "name", type(task).__name__)
     was_training = model.training
     model.eval()
+    # the check draws no random numbers of the training's (dropout, a VAE's sampling): a run's stream is
+    # the one a plain loop seeded alike has
+    devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             try:
                 output = task.forward(model, inputs)
             except Exception as error:

@@ -18,6 +18,7 @@ tensors), so that a resumed run goes on exactly. Evaluation calls the task's `fo
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -51,9 +52,14 @@ def own_step(fit) -> Callable | None:
     Refused where the runner would have to reach inside the task's update: fp16's grad scaler, gradient
     clipping and DistributedDataParallel's loss weighting."""
     training_step = getattr(fit.task, "training_step", None)
-    if training_step is None:
-        return None
     trainer, name = fit.trainer, getattr(fit.task, "name", type(fit.task).__name__)
+    if training_step is None:
+        if needs_closure(fit.optimizer):
+            raise ConfigError(f"optimizer {type(fit.optimizer).__module__}.{type(fit.optimizer).__name__} steps "
+                              f"with a closure that re-evaluates the loss, which the default step does not pass; "
+                              f"task {name!r} has no training_step. Use another optimizer, or a task with its "
+                              f"own training_step that calls optimizer.step(closure) (docs/tasks.md)")
+        return None
     problems = [f"trainer.{key}={value!r} ({why})" for key, value, why, bad in (
         ("precision", str(trainer.precision), "its grad scaler steps the optimizer; use 32 or bf16",
          str(trainer.precision) == "16"),
@@ -73,6 +79,12 @@ def own_step(fit) -> Callable | None:
         return loss.detach(), detached(output)
 
     return step
+
+
+def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's `step` requires its closure argument (LBFGS) rather than taking it optionally."""
+    parameter = inspect.signature(optimizer.step).parameters.get("closure")
+    return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
 def detached(value: Any) -> Any:
