@@ -39,6 +39,22 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+def refused_before_training(overrides: list[str], run_dir: Path) -> str:
+    """Train the composed config in this process, as the CLI would: it must be refused with a ConfigError
+    before the first epoch, leaving no metrics and no checkpoint; returns the error's message. (How the CLI
+    shows such an error, without a traceback, is tested through the CLI in test_cli and test_sequence_tasks.)"""
+    from runner.errors import ConfigError
+    from runner.results import read_result
+    from runner.run.train import RunContext, train
+
+    with pytest.raises(ConfigError) as refused:
+        train(compose_config(overrides), RunContext(run_dir=run_dir))
+    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
+    result = read_result(run_dir)  # none when the config itself is refused, before the run is recorded
+    assert result is None or (result["status"] == "failed" and result["epochs"] == 0)
+    return str(refused.value)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """One data folder for the session, so mnist_5k is decoded once."""
