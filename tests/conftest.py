@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,22 @@ TINY = [
 def compose_config(overrides: list[str] = ()) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def refused_before_training(overrides: list[str], run_dir: Path) -> str:
+    """Train the composed config in this process, as the CLI would: it must be refused with a ConfigError
+    before the first epoch, leaving no metrics and no checkpoint; returns the error's message. (How the CLI
+    shows such an error, without a traceback, is tested through the CLI in test_cli and test_sequence_tasks.)"""
+    from runner.errors import ConfigError
+    from runner.results import read_result
+    from runner.run.train import RunContext, train
+
+    with pytest.raises(ConfigError) as refused:
+        train(compose_config(overrides), RunContext(run_dir=run_dir))
+    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
+    result = read_result(run_dir)  # none when the config itself is refused, before the run is recorded
+    assert result is None or (result["status"] == "failed" and result["epochs"] == 0)
+    return str(refused.value)
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +106,36 @@ def run_cli(tmp_path):
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+def trials(sweep_dir: Path) -> list[Path]:
+    """A sweep's trial folders (those with a .hydra/), in trial-number order."""
+    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name.split("_")[0]))
+
+
+def kill_when(process: subprocess.Popen, condition, timeout: float = 240) -> None:
+    """SIGKILL the process group of `process` (a sweep started with start_new_session=True, its workers
+    included) as soon as `condition()` holds; fails if the sweep ends first or never gets there."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, "the sweep ended before it could be killed"
+        assert time.monotonic() < deadline, "the sweep never reached the point to kill it"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def kill_at_second_trial_checkpoint(command: list[str], sweep_dir: Path, env: dict) -> None:
+    """Start the sweep `command` (whose trials go to sweep_dir) and SIGKILL it, workers and all, once its
+    second trial has saved a checkpoint: the first trial done, the second one mid-way."""
+
+    def second_trial_mid_way() -> bool:
+        folders = trials(sweep_dir) if sweep_dir.exists() else []
+        return len(folders) >= 2 and (folders[1] / "checkpoints" / "last.pt").exists()
+
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(process, second_trial_mid_way)
 
 
 def write_idx_images(path: Path, images) -> None:

@@ -17,6 +17,7 @@ import yaml
 
 from runner.errors import CheckpointError
 from runner.evaluate import evaluate_run
+from runner.evaluate import main as evaluate_main
 from runner.results import read_result
 from runner.run.train import RunContext, train
 from tests.conftest import REPO, TINY
@@ -57,7 +58,7 @@ def test_evaluating_a_run_reproduces_its_recorded_validation_metrics_exactly(com
 
 
 @pytest.mark.e2e
-def test_evaluate_works_on_a_run_folder_copied_elsewhere_and_refuses_clearly(compose_cfg, tmp_path, data_dir):
+def test_evaluate_works_on_a_run_folder_copied_elsewhere_and_refuses_clearly(compose_cfg, tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     fit(compose_cfg, run, [*TINY, f"paths.data_dir={data_dir}"])
     moved = tmp_path / "elsewhere" / "copy"
@@ -70,12 +71,20 @@ def test_evaluate_works_on_a_run_folder_copied_elsewhere_and_refuses_clearly(com
     assert metrics == {k: v for k, v in read_result(moved)["best_metrics"].items() if k.startswith("val/")}
     assert "val/acc" in done.stdout
 
-    def refused(*args: str, fragment: str) -> None:
-        out = subprocess.run([sys.executable, "-m", "runner.evaluate", *args], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=120)
-        assert out.returncode != 0 and "Traceback" not in out.stderr and fragment in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "runner.evaluate", str(tmp_path)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    fragment = f"there is no checkpoint {tmp_path}/checkpoints/best.pt"
+    assert out.returncode != 0 and "Traceback" not in out.stderr and fragment in out.stderr, out.stderr
 
-    refused(str(tmp_path), fragment=f"there is no checkpoint {tmp_path}/checkpoints/best.pt")
+    def refused(*args: str, fragment: str) -> None:
+        """The same refusal as on the terminal, by the CLI's own main() in this process (no torch start-up)."""
+        try:
+            code = evaluate_main(list(args))
+        except SystemExit as exit_:  # argparse's errors
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code != 0 and fragment in err, err
+
     refused(str(moved), "model.num_classes=3", fragment="does not fit model components.models.LeNet5")
     refused(str(moved), "--split", "train", fragment="--split 'train' is not allowed; use one of: val, test")
     refused(str(moved), "model.nothing=1", fragment="model.nothing is not in the run's config")

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -21,7 +24,7 @@ from runner.errors import ConfigError
 from runner.sweep.journal import Journal
 from runner.sweep.space import compose_each_option, make_search
 from runner.sweep.sweeper import StreamingSweeper
-from tests.conftest import CONF, REPO
+from tests.conftest import CONF, REPO, kill_at_second_trial_checkpoint, trials
 
 SPACE = {
     "optimizer.lr": "tag(log, interval(1e-4, 1e-1))",
@@ -219,10 +222,6 @@ def test_a_resume_with_another_seed_keeps_the_asked_points_from_the_journal_valu
 
 # ---------------------------------------------------------------- the CLI
 
-def trials(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name.split("_")[0]))
-
-
 def assert_only_own_keys_reach_the_trials(sweep_dir: Path, count: int) -> None:
     folders = trials(sweep_dir)
     assert len(folders) == count
@@ -274,12 +273,6 @@ def test_a_missing_key_in_a_block_is_refused_before_any_trial(run_cli, tmp_path)
 
 @pytest.mark.e2e
 def test_a_conditional_sweep_killed_and_resumed_runs_the_same_trials(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
     base = [sys.executable, "-m", "runner", "--multirun", "sweep=conditional", "hydra.sweeper.optim.budget=4",
             "hydra.sweeper.optim.seed=2", "dataset=synthetic", "dataset.num_train=512", "trainer.max_epochs=2",
@@ -287,18 +280,7 @@ def test_a_conditional_sweep_killed_and_resumed_runs_the_same_trials(tmp_path):
     whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
     subprocess.run([*base, f"hydra.sweep.dir={whole_dir}"], cwd=REPO, env=env, check=True, capture_output=True,
                    timeout=300)
-    process = subprocess.Popen([*base, f"hydra.sweep.dir={cut_dir}"], cwd=REPO, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    def second_trial_mid_way() -> bool:
-        folders = trials(cut_dir) if cut_dir.exists() else []
-        return len(folders) >= 2 and (folders[1] / "checkpoints" / "last.pt").exists()
-
-    while not second_trial_mid_way():
-        assert process.poll() is None and time.monotonic() < deadline, "the sweep was not caught mid-way"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_at_second_trial_checkpoint([*base, f"hydra.sweep.dir={cut_dir}"], cut_dir, env)
     subprocess.run([*base, f"hydra.sweep.dir={cut_dir}"], cwd=REPO, env=env, check=True, capture_output=True,
                    timeout=300)
     assert [p.name for p in trials(whole_dir)] == [p.name for p in trials(cut_dir)]

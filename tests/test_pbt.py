@@ -30,7 +30,7 @@ from runner.sweep.pbt.policy import POLICY_FILE, read_policy, schedule
 from runner.sweep.pbt.records import GLOBAL_LOG, Population, checkpoint_name, quantile_count, read_records
 from runner.files import write_bytes_atomic
 from runner.results import read_metrics, read_result
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_when
 from tests.slurm_cluster import job_name, slurm_cluster  # noqa: F401  (fixtures)
 
 # tiny deterministic trials: 8 steps an epoch on synthetic images
@@ -568,12 +568,7 @@ def test_a_killed_pbt_sweep_resumes_and_decides_nothing_twice(tmp_path):
 
     process = subprocess.Popen(sweep_command(cut), cwd=REPO, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not second_trial_decided():
-        assert process.poll() is None and time.monotonic() < deadline, "the sweep ended before it could be killed"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when(process, second_trial_decided)
     before = decisions(cut)
     subprocess.run(sweep_command(cut), cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
     after = decisions(cut)

@@ -17,8 +17,8 @@ from runner.report.groups import rank_groups
 from runner.report.ranking import load_sweep
 from runner.results import read_result
 from runner.sweep.repeats import mean_loss
-from tests.conftest import REPO
-from tests.test_sweeps import QUICK, count_trainings, kill_when, summary, trials
+from tests.conftest import REPO, kill_at_second_trial_checkpoint, trials
+from tests.test_sweeps import QUICK, count_trainings, summary
 
 DIGITS = ["experiment=digits", "model=mlp", "trainer.max_epochs=2", "logger=none", "trainer.test=false",
           "trainer.deterministic=true"]
@@ -96,17 +96,10 @@ def test_bad_repeats_are_refused_before_any_trial(run_cli, tmp_path, bad, words)
 def test_a_killed_repeated_sweep_resumes_without_retraining_finished_trials(tmp_path):
     sweep_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "runner", "--multirun", "optimizer.lr=0.001,0.002", "hydra.sweeper.repeats=2",
-               "dataset=synthetic", "dataset.num_train=1024", "trainer.max_epochs=4", "trainer.batch_size=16",
+               "dataset=synthetic", "trainer.max_epochs=3", "trainer.batch_size=16",
                "trainer.deterministic=true", "logger=none", f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
-
-    def second_trial_mid_way() -> bool:
-        folders = trials(sweep_dir) if sweep_dir.exists() else []
-        return len(folders) >= 2 and (folders[1] / "checkpoints" / "last.pt").exists()
-
-    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(process, second_trial_mid_way)
+    kill_at_second_trial_checkpoint(command, sweep_dir, env)
     first = read_result(trials(sweep_dir)[0])
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -9,10 +9,8 @@ import json
 import math
 import re
 import os
-import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -27,14 +25,10 @@ from runner.errors import ConfigError
 from runner.sweep.search import NevergradSearch, make_search
 from runner.sweep.journal import Journal
 from runner.sweep.sweeper import StreamingSweeper
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_at_second_trial_checkpoint, kill_when, trials
 
 
 QUICK = ["dataset=synthetic", "trainer.max_epochs=2", "logger=none", "trainer.batch_size=32"]
-
-
-def trials(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name.split("_")[0]))
 
 
 def summary(sweep_dir: Path) -> list[dict]:
@@ -147,31 +141,14 @@ def count_trainings(sweep_dir: Path) -> dict[str, int]:
             + (p / "runner.log").read_text().count("resumed from") for p in trials(sweep_dir)}
 
 
-def kill_when(process: subprocess.Popen, condition, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, "the sweep ended before it could be killed"
-        assert time.monotonic() < deadline, "the sweep never reached the point to kill it"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 @pytest.mark.e2e
 def test_sweep_killed_with_sigkill_resumes_without_retraining_finished_trials(tmp_path):
     sweep_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "runner", "--multirun", "optimizer.lr=0.001,0.002,0.003",
-               "dataset=synthetic", "dataset.num_train=1024", "trainer.max_epochs=4", "trainer.batch_size=16",
+               "dataset=synthetic", "trainer.max_epochs=3", "trainer.batch_size=16",
                "trainer.deterministic=true", "logger=none", f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, "RUNNER_OUTPUT_DIR": str(tmp_path / "outputs")}
-
-    def second_trial_mid_way() -> bool:
-        folders = trials(sweep_dir) if sweep_dir.exists() else []
-        return len(folders) >= 2 and (folders[1] / "checkpoints" / "last.pt").exists()
-
-    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(process, second_trial_mid_way)
+    kill_at_second_trial_checkpoint(command, sweep_dir, env)
     first = read_result(trials(sweep_dir)[0])
     assert first["status"] == "completed"
     assert read_result(trials(sweep_dir)[1])["status"] == "running"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from functools import partial
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import yaml
@@ -61,7 +61,7 @@ def build_task(cfg: DictConfig) -> Any:
             bind_loss(task, cfg)
         except ConfigError as error:
             failures.append(error)
-        problems += objective_problems(cfg, task)
+        problems += objective_problems(cfg, task.metrics)
     problems += [str(error) for error in failures]
     if problems:
         raise ConfigError(_bullets(problems)) from (failures[0] if failures else None)
@@ -190,19 +190,21 @@ def losses_for(task_name: str) -> list[str]:
     return found
 
 
-def recorded_metrics(task: Any) -> list[str]:
-    """Every metric a run records per epoch, in metrics.csv order (after epoch, step, time_s and lr)."""
+def recorded_metrics(metric_names: Iterable[str]) -> list[str]:
+    """Every metric a run records per epoch, in metrics.csv order (after epoch, step, time_s and lr), for a
+    task whose metrics have these names: a built task's `task.metrics`, or the names its config declares."""
     names = []
     for split in ("train", "val"):
-        names += [f"{split}/loss", *(f"{split}/{name}" for name in sorted(task.metrics))]
+        names += [f"{split}/loss", *(f"{split}/{name}" for name in sorted(metric_names))]
         if split == "train":
             names.append("train/samples_per_s")
     return names
 
 
-def objective_problems(cfg: DictConfig, task: Any) -> list[str]:
-    """Every objective's and constraint's metric must be one the run records."""
-    known = [m for m in recorded_metrics(task) if m != "train/samples_per_s"] + ["lr", PARAMS_METRIC]
+def objective_problems(cfg: DictConfig, metric_names: Iterable[str]) -> list[str]:
+    """Every objective's and constraint's metric must be one the run records, for a task whose metrics have
+    these names (see recorded_metrics)."""
+    known = [m for m in recorded_metrics(metric_names) if m != "train/samples_per_s"] + ["lr", PARAMS_METRIC]
     objectives = objectives_of(cfg.objective)
     allowed = f"use one of: {', '.join(known)} (add metrics under task.metrics)"
     problems = []
@@ -220,12 +222,10 @@ def declared_objective_problems(cfg: DictConfig) -> list[str]:
     only when an objective is not among them is the task built to be sure (a task of one's own may
     record metrics its config does not name)."""
     metrics = cfg.task.get("metrics") if isinstance(cfg.get("task"), DictConfig) else None
-    names = [name for name, node in (metrics or {}).items() if node is not None]
-    declared = {"lr", PARAMS_METRIC, *(f"{split}/{name}" for split in ("train", "val") for name in ["loss", *names])}
-    if all(metric in declared for metric in objectives_of(cfg.objective).needed_metrics):
+    if not objective_problems(cfg, [name for name, node in (metrics or {}).items() if node is not None]):
         return []
     try:
-        return objective_problems(cfg, build(cfg.task, "task"))
+        return objective_problems(cfg, build(cfg.task, "task").metrics)
     except ConfigError as error:
         return [str(error)]
 

@@ -72,7 +72,7 @@ class Fit:
 
         self.task = build_task(cfg)
         self.extra_metrics = extra_metrics(cfg)
-        self.csv_columns = ["epoch", "step", "time_s", "lr", *recorded_metrics(self.task), *self.extra_metrics]
+        self.csv_columns = ["epoch", "step", "time_s", "lr", *recorded_metrics(self.task.metrics), *self.extra_metrics]
         self.objective = Objective(cfg.objective.metric, cfg.objective.goal)
 
         self.model = build(cfg.model, "model")
