@@ -281,7 +281,10 @@ def test_a_conditional_sweep_killed_and_resumed_runs_the_same_trials(tmp_path):
     subprocess.run([*base, f"hydra.sweep.dir={whole_dir}"], cwd=REPO, env=env, check=True, capture_output=True,
                    timeout=300)
     kill_at_second_trial_checkpoint([*base, f"hydra.sweep.dir={cut_dir}"], cut_dir, env)
+    finished = trials(cut_dir)[0] / "result.json"
+    finished_before = finished.stat().st_mtime_ns
     subprocess.run([*base, f"hydra.sweep.dir={cut_dir}"], cwd=REPO, env=env, check=True, capture_output=True,
                    timeout=300)
     assert [p.name for p in trials(whole_dir)] == [p.name for p in trials(cut_dir)]
+    assert finished.stat().st_mtime_ns == finished_before, "the trial finished before the kill was trained again"
     assert_only_own_keys_reach_the_trials(cut_dir, 4)
