@@ -163,3 +163,10 @@ def test_the_configuration_page_lists_every_option_of_every_group(group):
     assert len(rows) == 1, f"docs/configuration.md has {len(rows)} rows for the {group} group"
     missing = [option for option in options(group) if f"`{option}`" not in rows[0]]
     assert not missing, f"docs/configuration.md's {group} row does not list {missing}"
+
+
+@pytest.mark.parametrize("option", options("objective"))
+def test_every_objective_option_takes_several_objectives_and_constraints(compose_cfg, option):
+    """Each objective option extends `default`, so `objective.constraints=...` overrides it without a `+`."""
+    cfg = compose_cfg([f"objective={option}", "objective.constraints=['model/params <= 1e9']"])
+    assert list(cfg.objective.constraints) == ["model/params <= 1e9"] and "metrics" in cfg.objective
