@@ -5,7 +5,6 @@ asks the same points; a block for a missing option, a missing key or a non-group
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -16,14 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from launchers.pools import Finished, TrialPool
 from runner.errors import ConfigError
 from runner.sweep.journal import Journal
 from runner.sweep.space import compose_each_option, make_search
 from runner.sweep.sweeper import StreamingSweeper
+from tests.scripted_pool import ScriptedPool
 from tests.conftest import CONF, REPO, kill_at_second_trial_checkpoint, trials
 
 SPACE = {
@@ -151,29 +149,6 @@ def test_a_key_swept_in_a_block_and_on_its_own_is_refused():
 
 
 # ---------------------------------------------------------------- a resumed sweep, scripted
-
-class ScriptedPool(TrialPool):
-    """Runs nothing: a trial 'returns' a value made from its overrides, trials end oldest first."""
-
-    capacity = 2
-
-    def __init__(self):
-        self.running: list[tuple[int, list[str]]] = []
-
-    def describe(self) -> str:
-        return "scripted"
-
-    def submit(self, number, overrides):
-        self.running.append((number, list(overrides)))
-
-    def wait(self, timeout):
-        if not self.running:
-            return []
-        number, overrides = self.running.pop(0)
-        keys = keys_of(overrides)
-        ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
-        ret.return_value = -abs(math.log10(float(keys["optimizer.lr"])) + 2.5) + float(keys.get("model.dropout", 0))
-        return [Finished(number, overrides, ret)]
 
 
 def scripted_sweep(sweep_dir: Path, seed: int | None, optimizer: str = "NGOpt") -> None:

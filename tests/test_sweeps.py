@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import os
 import subprocess
@@ -16,15 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from launchers.pools import Finished, TrialPool
 from runner.results import read_result
 from runner.errors import ConfigError
 from runner.sweep.search import NevergradSearch, make_search
 from runner.sweep.journal import Journal
 from runner.sweep.sweeper import StreamingSweeper
+from tests.scripted_pool import ScriptedPool
 from tests.conftest import REPO, kill_at_second_trial_checkpoint, kill_when, trials
 
 
@@ -286,32 +284,6 @@ def test_a_killed_parallel_sweep_resumes_to_the_same_trials_and_best(tmp_path):
     best_whole = yaml.safe_load((whole_dir / "best.yaml").read_text())
     best_cut = yaml.safe_load((cut_dir / "best.yaml").read_text())
     assert best_whole["name"] == best_cut["name"] and best_whole["objective"] == best_cut["objective"]
-
-
-class ScriptedPool(TrialPool):
-    """Runs nothing: a trial 'returns' a value made from its learning rate, and trials end in the
-    order `pick` chooses among those running (the oldest first, or the newest first)."""
-
-    capacity = 2
-
-    def __init__(self, pick):
-        self.running: list[tuple[int, list[str]]] = []
-        self.pick = pick
-
-    def describe(self) -> str:
-        return "scripted"
-
-    def submit(self, number, overrides):
-        self.running.append((number, list(overrides)))
-
-    def wait(self, timeout):
-        if not self.running:
-            return []
-        number, overrides = self.running.pop(self.pick)
-        lr = float(next(o for o in overrides if o.startswith("optimizer.lr=")).split("=")[1])
-        ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
-        ret.return_value = -abs(math.log10(lr) + 2.5)  # best at lr = 10^-2.5
-        return [Finished(number, overrides, ret)]
 
 
 def scripted_sweep(sweep_dir: Path, pick: int) -> StreamingSweeper:
